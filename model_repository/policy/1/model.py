@@ -1,0 +1,307 @@
+"""Triton Python-backend model serving a vLLM AsyncLLM: decoupled, streamed, cancellable.
+
+Shape follows the official Triton vLLM backend: the engine lives on an asyncio loop in its own
+thread; `execute` only hands requests to that loop. What this adds: validation at the door
+(the error names the field), priorities, abort by request id for BLS callers (Triton 2.51 has no
+BLS cancellation), refusal of per-request seeds where they kill vLLM-CPU, and an engine that is
+rebuilt when its process dies while the server keeps serving.
+"""
+import asyncio
+import json
+import locale
+import os
+import threading
+import traceback
+import uuid
+
+# The stub's embedded interpreter prefers ASCII; torch reads UTF-8 templates on import (pitfall 5).
+locale.setlocale(locale.LC_ALL, "C.UTF-8")
+
+import numpy as np  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
+
+from sampling_request import RequestError, parse_request  # noqa: E402
+
+_ENGINE_ARGS_FILE = "model.json"
+
+
+def _resolve_model_path(model: str, model_dir: str) -> str:
+    """A relative `model` in model.json names a folder under $DYNASOR_MODELS_DIR (the launcher sets
+    it), else under <repository>/../models; anything else (absolute path, HF id) passes through."""
+    if os.path.isabs(model):
+        return model
+    roots = [os.environ.get("DYNASOR_MODELS_DIR", ""), os.path.join(model_dir, "..", "..", "models")]
+    for root in roots:
+        candidate = os.path.join(root, model)
+        if root and os.path.isdir(candidate):
+            return os.path.abspath(candidate)
+    return model
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.logger = pb_utils.Logger
+        self.model_config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in self.model_config.get("parameters", {}).items()}
+        self.max_n = int(params.get("max_n", "64"))
+        self.max_tokens_limit = int(params.get("max_tokens_limit", "4096"))
+        self.restart_dead_engine = params.get("restart_dead_engine", "true").lower() == "true"
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", params.get("cpu_kvcache_space_gib", "2"))
+
+        model_dir = args["model_repository"]
+        with open(os.path.join(model_dir, args["model_version"], _ENGINE_ARGS_FILE)) as f:
+            self.engine_config = json.load(f)
+        self.engine_config["model"] = _resolve_model_path(self.engine_config["model"], model_dir)
+
+        self._metrics = _Metrics(args["model_name"])
+        self._in_flight: dict[str, asyncio.Task] = {}
+        self._engine = None
+        self._engine_ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._loop_thread.start()
+        asyncio.run_coroutine_threadsafe(self._start_engine(), self._loop).result()
+        self._monitor = asyncio.run_coroutine_threadsafe(self._watch_engine(), self._loop)
+
+    async def _start_engine(self) -> None:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.platforms import current_platform
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self._engine_ready.clear()
+        engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**self.engine_config))
+        sched = engine.vllm_config.scheduler_config
+        # Pitfall 12: on vLLM-CPU a seeded request whose prefill is chunked kills the engine.
+        self.seed_refusal = None
+        if current_platform.is_cpu() and sched.enable_chunked_prefill:
+            self.seed_refusal = (
+                "sampling_parameters.seed: per-request seeds are refused on this vLLM-CPU engine "
+                "(with chunked prefill a seeded request can kill the engine for everyone); set "
+                '"enable_chunked_prefill": false in model.json to allow them'
+            )
+        self.tokenizer = engine.get_tokenizer()
+        self._engine = engine
+        self._engine_ready.set()
+        self.logger.log_info(f"[policy] engine ready: {self.engine_config['model']}")
+
+    async def _watch_engine(self) -> None:
+        """Notice a dead engine even when no request is in flight, and rebuild it."""
+        while True:
+            await asyncio.sleep(0.5)
+            engine = self._engine
+            if engine is None:
+                continue
+            self._metrics.unfinished.set(engine.get_num_unfinished_requests())
+            self._metrics.in_flight.set(len(self._in_flight))
+            if engine.errored:
+                await self._replace_dead_engine(engine)
+
+    async def _replace_dead_engine(self, engine) -> None:
+        self.logger.log_error("[policy] vLLM engine died")
+        self._engine = None
+        self._engine_ready.clear()
+        self._metrics.engine_deaths.increment(1)
+        engine.shutdown()
+        if not self.restart_dead_engine:
+            pb_utils.unload_model(self.model_config["name"])
+            return
+        try:
+            await self._start_engine()
+        except Exception:
+            self.logger.log_error(f"[policy] engine restart failed: {traceback.format_exc()}")
+            pb_utils.unload_model(self.model_config["name"])
+
+    def execute(self, requests):
+        for request in requests:
+            asyncio.run_coroutine_threadsafe(self._serve(request), self._loop)
+        return None
+
+    async def _serve(self, request) -> None:
+        sender = request.get_response_sender()
+        try:
+            parsed = parse_request(
+                request_inputs(request),
+                max_n=self.max_n,
+                max_tokens_limit=self.max_tokens_limit,
+                seed_refusal=getattr(self, "seed_refusal", None),
+            )
+        except RequestError as e:
+            self._metrics.count_request("invalid")
+            _send_error(sender, str(e), pb_utils.TritonError.INVALID_ARG)
+            return
+        if parsed.abort_ids:
+            await self._abort_many(parsed.abort_ids, sender)
+            return
+        engine = self._engine
+        if engine is None:
+            _send_error(sender, "policy engine is restarting; retry shortly", pb_utils.TritonError.UNAVAILABLE)
+            return
+        request_id = request.request_id() or uuid.uuid4().hex
+        if request_id in self._in_flight:
+            _send_error(sender, f"request id {request_id!r} is already in flight", pb_utils.TritonError.INVALID_ARG)
+            return
+        task = asyncio.current_task()
+        self._in_flight[request_id] = task
+        watcher = asyncio.ensure_future(self._watch_cancel(sender, request_id))
+        try:
+            await self._generate(engine, parsed, request_id, sender)
+        finally:
+            watcher.cancel()
+            self._in_flight.pop(request_id, None)
+
+    async def _generate(self, engine, parsed, request_id: str, sender) -> None:
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        prompt = parsed.prompt
+        if parsed.messages:
+            last_is_assistant = parsed.messages[-1]["role"] == "assistant"
+            prompt = self.tokenizer.apply_chat_template(
+                parsed.messages,
+                tokenize=False,
+                add_generation_prompt=not last_is_assistant,
+                continue_final_message=last_is_assistant,
+            )
+        params = parsed.sampling_params(stream=parsed.stream)
+        final = None
+        try:
+            async for out in engine.generate(prompt, params, request_id, priority=parsed.priority):
+                self._metrics.output_tokens.increment(sum(len(c.token_ids) for c in out.outputs))
+                if parsed.stream:
+                    sender.send(_response(out.outputs, parsed.logprobs is not None))
+                final = out
+            if not parsed.stream and final is not None:
+                sender.send(_response(final.outputs, parsed.logprobs is not None))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            self._metrics.count_request("finished")
+        except asyncio.CancelledError:
+            await engine.abort(request_id)
+            self._metrics.count_request("aborted")
+            _send_error(sender, "request was cancelled", pb_utils.TritonError.CANCELLED)
+        except EngineDeadError as e:
+            self._metrics.count_request("engine_dead")
+            _send_error(sender, f"policy engine died while serving this request: {e}", pb_utils.TritonError.UNAVAILABLE)
+        except ValueError as e:
+            self._metrics.count_request("invalid")
+            _send_error(sender, f"sampling_parameters: {e}", pb_utils.TritonError.INVALID_ARG)
+        except Exception as e:
+            self.logger.log_error(f"[policy] generation failed: {traceback.format_exc()}")
+            self._metrics.count_request("error")
+            _send_error(sender, f"generation failed: {type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL)
+
+    async def _watch_cancel(self, sender, request_id: str) -> None:
+        """A waiting request produces no output to piggyback a cancel check on: poll instead."""
+        while True:
+            await asyncio.sleep(0.1)
+            if sender.is_cancelled():
+                task = self._in_flight.get(request_id)
+                if task is not None:
+                    task.cancel()
+                return
+
+    async def _abort_many(self, request_ids: list[str], sender) -> None:
+        found = [rid for rid in request_ids if rid in self._in_flight]
+        for rid in found:
+            self._in_flight[rid].cancel()
+        reasons = ["aborted" if rid in found else "unknown" for rid in request_ids]
+        sender.send(
+            pb_utils.InferenceResponse(
+                output_tensors=[
+                    pb_utils.Tensor("text_output", np.array(request_ids, dtype=np.object_)),
+                    pb_utils.Tensor("finish_reason", np.array(reasons, dtype=np.object_)),
+                ]
+            ),
+            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+        )
+
+    def finalize(self):
+        async def stop():
+            for task in list(self._in_flight.values()):
+                task.cancel()
+            self._monitor.cancel()
+            await asyncio.sleep(0.2)
+            if self._engine is not None:
+                self._engine.shutdown()
+                self._engine = None
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(timeout=60)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop_thread.join(timeout=10)
+        self.logger.log_info("[policy] engine shut down")
+
+
+def request_inputs(request) -> dict:
+    """Decoded inputs of a Triton request, by name; absent optional inputs are left out."""
+    out = {}
+    for name in ("text_input", "messages", "sampling_parameters", "stream", "priority", "max_tokens", "abort_request_ids"):
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        if tensor is not None:
+            out[name] = tensor.as_numpy()
+    params = request.parameters()
+    if params and params != "{}":
+        out["parameters"] = params
+    return out
+
+
+def _response(outputs, with_logprobs: bool):
+    tensors = [
+        pb_utils.Tensor("text_output", np.array([c.text for c in outputs], dtype=np.object_)),
+        pb_utils.Tensor("sample_index", np.array([c.index for c in outputs], dtype=np.int32)),
+        pb_utils.Tensor("num_output_tokens", np.array([len(c.token_ids) for c in outputs], dtype=np.uint32)),
+        pb_utils.Tensor("finish_reason", np.array([c.finish_reason or "" for c in outputs], dtype=np.object_)),
+        pb_utils.Tensor(
+            "cumulative_logprob",
+            np.array([c.cumulative_logprob if c.cumulative_logprob is not None else np.nan for c in outputs], dtype=np.float32),
+        ),
+    ]
+    if with_logprobs:
+        tensors.append(
+            pb_utils.Tensor(
+                "logprobs",
+                np.array(
+                    [
+                        json.dumps([{lp.decoded_token: lp.logprob for lp in step.values()} for step in (c.logprobs or [])])
+                        for c in outputs
+                    ],
+                    dtype=np.object_,
+                ),
+            )
+        )
+    return pb_utils.InferenceResponse(output_tensors=tensors)
+
+
+def _send_error(sender, message: str, code) -> None:
+    sender.send(
+        pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code)),
+        flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+    )
+
+
+class _Metrics:
+    """Engine statistics on Triton's metrics port, labelled by model."""
+
+    def __init__(self, model: str):
+        gauge, counter = pb_utils.MetricFamily.GAUGE, pb_utils.MetricFamily.COUNTER
+        labels = {"model": model}
+        # A family must outlive its metrics, so every family is kept here.
+        self._families = {
+            name: pb_utils.MetricFamily(name, doc, kind)
+            for name, doc, kind in (
+                ("dynasor_engine_unfinished_requests", "Requests inside the vLLM engine (running or waiting)", gauge),
+                ("dynasor_engine_requests_in_flight", "Triton requests this model is serving", gauge),
+                ("dynasor_engine_output_tokens_total", "Tokens generated", counter),
+                ("dynasor_engine_deaths_total", "Times the vLLM engine process died", counter),
+                ("dynasor_engine_requests_total", "Requests by outcome", counter),
+            )
+        }
+        self.unfinished = self._families["dynasor_engine_unfinished_requests"].Metric(labels)
+        self.in_flight = self._families["dynasor_engine_requests_in_flight"].Metric(labels)
+        self.output_tokens = self._families["dynasor_engine_output_tokens_total"].Metric(labels)
+        self.engine_deaths = self._families["dynasor_engine_deaths_total"].Metric(labels)
+        self._requests = self._families["dynasor_engine_requests_total"]
+        self._labels = labels
+        self._by_outcome = {}
+
+    def count_request(self, outcome: str) -> None:
+        if outcome not in self._by_outcome:
+            self._by_outcome[outcome] = self._requests.Metric({**self._labels, "outcome": outcome})
+        self._by_outcome[outcome].increment(1)
