@@ -38,4 +38,4 @@ if [ ! -f "$STAMP" ]; then
 fi
 # The project itself, editable, so `dynasor` and the packages follow the working tree.
 $VENV/bin/python -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
-$VENV/bin/python -m client.model_prep all
+$VENV/bin/python -m client.models all

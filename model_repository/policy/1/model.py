@@ -119,6 +119,14 @@ class TritonPythonModel:
     async def _serve(self, request) -> None:
         sender = request.get_response_sender()
         try:
+            await self._serve_checked(request, sender)
+        except Exception as e:
+            # Every request must get its final response, whatever went wrong, or Triton waits on it.
+            self.logger.log_error(f"[policy] request failed: {traceback.format_exc()}")
+            _send_error(sender, f"policy failed: {type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL)
+
+    async def _serve_checked(self, request, sender) -> None:
+        try:
             parsed = parse_request(
                 request_inputs(request),
                 max_n=self.max_n,
@@ -214,18 +222,20 @@ class TritonPythonModel:
         )
 
     def finalize(self):
+        self.logger.log_info("[policy] finalize: stopping the engine")
+
         async def stop():
             for task in list(self._in_flight.values()):
                 task.cancel()
             self._monitor.cancel()
             await asyncio.sleep(0.2)
-            if self._engine is not None:
-                self._engine.shutdown()
-                self._engine = None
 
-        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(timeout=60)
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(timeout=30)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._loop_thread.join(timeout=10)
+        if self._engine is not None:
+            self._engine.shutdown()
+            self._engine = None
         self.logger.log_info("[policy] engine shut down")
 
 

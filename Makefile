@@ -1,0 +1,29 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both set up first when needed.
+PY := .venv/bin/python
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup demo test unit serve bench-policy bench-dynasor bench-scheduler clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(PY) -m client.demo
+
+test: setup
+	$(PY) -m pytest tests -v -p no:cacheprovider --durations=15
+
+unit: setup
+	$(PY) -m pytest tests/unit -q -p no:cacheprovider
+
+serve: setup
+	.venv/bin/dynasor serve
+
+bench-policy: setup
+	$(PY) -m client.bench_policy
+
+bench-scheduler: setup
+	$(PY) -m scheduler_backend.bench_scheduler
+
+clean:
+	rm -rf .venv models

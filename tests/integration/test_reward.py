@@ -1,0 +1,35 @@
+"""The real `reward` model: a generative judge over the served policy model."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from client.grpc_stream import StreamCall, StreamError
+
+pytestmark = pytest.mark.integration
+
+
+def score(server, question, candidates):
+    responses = StreamCall(server.grpc_url, "reward", {"question": question, "candidates": candidates}).collect()
+    return next(r.outputs["scores"] for r in responses if "scores" in r.outputs)
+
+
+def test_scores_have_one_value_in_unit_interval_per_candidate(server):
+    cands = ["3 + 5 = 8. The answer is 8.", "3 + 5 = 9. The answer is 9.", "First, count the apples."]
+    scores = score(server, "Tom has 3 apples and buys 5 more. How many apples?", cands)
+    assert scores.dtype == np.float32 and scores.shape == (3,)
+    assert np.all((scores >= 0.0) & (scores <= 1.0))
+    assert len(set(np.round(scores, 6))) > 1 or not np.allclose(scores, 0.5), "the judge gave no evidence at all"
+
+
+@pytest.mark.parametrize(
+    "inputs, field",
+    [
+        ({"question": "", "candidates": ["x"]}, "question"),
+        ({"question": "q", "candidates": ["x"] * 65}, "candidates"),
+        ({"question": "q", "candidates": ["y" * 40000]}, "candidates[0]"),
+    ],
+)
+def test_bad_reward_requests_name_the_field(server, inputs, field):
+    with pytest.raises(StreamError, match=field.replace("[", r"\[")):
+        StreamCall(server.grpc_url, "reward", inputs).collect()
