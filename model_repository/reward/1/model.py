@@ -10,7 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from judge import judge_score, validate_request
+from reward_request import validate_request
+from scheduler_backend.judge import judge_score
 
 
 class TritonPythonModel:

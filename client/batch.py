@@ -1,0 +1,76 @@
+"""`dynasor solve FILE.jsonl`: many programs at once through the server, with a progress bar and,
+when the records carry answers, accuracy and compute used against the budget."""
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from client.dynasor_client import DynasorClient, ProgramError
+from scheduler_backend.answers import answers_equal, extract_answer
+
+
+def gold_answer(record: dict[str, Any]) -> str | None:
+    """GSM8K keeps its answer after '####' in a worked solution; MATH and AIME give it plainly."""
+    answer = record.get("answer")
+    if answer is None:
+        return None
+    answer = str(answer)
+    return extract_answer(answer, "gsm8k") if "####" in answer else answer
+
+
+def load_records(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
+    records = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            if not isinstance(record, dict) or not (record.get("question") or record.get("problem")):
+                raise ValueError(f"{path}:{n}: expected a JSON object with 'question' or 'problem'")
+            records.append(record)
+            if limit is not None and len(records) >= limit:
+                break
+    return records
+
+
+def solve_file(path: str, url: str, protocol: str = "grpc", program: str | None = None, options: dict | None = None,
+               concurrency: int = 8, limit: int | None = None, output: str | None = None) -> int:
+    records = load_records(path, limit)
+    client = DynasorClient(url, protocol=protocol)
+
+    def one(record: dict[str, Any]) -> dict[str, Any]:
+        question = record.get("question") or record.get("problem")
+        row: dict[str, Any] = {"question": question, "gold": gold_answer(record)}
+        try:
+            p = client.solve(question, program, options)
+            row.update(answer=p.answer, certaindex=p.certaindex, stop_reason=p.stop_reason, steps=p.steps,
+                       budget=p.budget, tokens_used=p.tokens_used, latency_s=p.latency_s)
+        except ProgramError as e:
+            row["error"] = str(e)
+        if row["gold"] is not None and "error" not in row:
+            row["correct"] = answers_equal(row["answer"], row["gold"])
+        return row
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        rows = list(tqdm(pool.map(one, records), total=len(records), desc="programs", unit="prog"))
+    if output:
+        with open(output, "w") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+    done = [r for r in rows if "error" not in r]
+    graded = [r for r in done if "correct" in r]
+    print(f"programs: {len(rows)}  errors: {len(rows) - len(done)}")
+    if done:
+        steps, budget = sum(r["steps"] for r in done), sum(r["budget"] for r in done)
+        print(f"steps used: {steps}/{budget} ({steps / budget:.0%} of the budget)  tokens: {sum(r['tokens_used'] for r in done)}")
+        reasons = {}
+        for r in done:
+            reasons[r["stop_reason"]] = reasons.get(r["stop_reason"], 0) + 1
+        print("stopped: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))
+    if graded:
+        print(f"accuracy: {sum(r['correct'] for r in graded) / len(graded):.1%} of {len(graded)}")
+    return 0 if len(done) == len(rows) else 1

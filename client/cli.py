@@ -1,0 +1,142 @@
+"""`dynasor` command line: serve the model repository, ask one question, solve a batch, calibrate,
+prepare models."""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+DEFAULT_GRPC = "127.0.0.1:8001"
+
+
+def _serve(args: argparse.Namespace, extra: list[str]) -> int:
+    from client.launcher import MODEL_REPOSITORY, start_server
+
+    srv = start_server(
+        model_repository=Path(args.model_repository) if args.model_repository else MODEL_REPOSITORY,
+        policy_model=args.model,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        address=args.address,
+        extra_args=extra,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        print(f"dynasor: starting tritonserver (log: {srv.log_path})", flush=True)
+        srv.wait_ready(timeout_s=args.ready_timeout)
+        print(f"dynasor: ready  gRPC {srv.grpc_url}  HTTP {srv.http_url}  metrics {args.address}:{srv.metrics_port}/metrics", flush=True)
+        while not stop.wait(0.5):
+            if srv.process.poll() is not None:
+                print(f"dynasor: tritonserver exited with code {srv.process.returncode}; log {srv.log_path}", file=sys.stderr)
+                return 1
+        return 0
+    except (RuntimeError, TimeoutError) as e:
+        print(f"dynasor: {e}", file=sys.stderr)
+        return 1
+    finally:
+        print("dynasor: stopping tritonserver", flush=True)
+        srv.stop()
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    options = json.loads(args.options) if args.options else {}
+    for key in ("budget", "deadline_s", "settle_threshold", "temperature", "max_tokens", "calibration"):
+        value = getattr(args, key, None)
+        if value is not None:
+            options[key] = value
+    return options
+
+
+def _ask(args: argparse.Namespace) -> int:
+    from client.dynasor_client import DynasorClient, ProgramError, Progress
+
+    client = DynasorClient(args.url, protocol=args.protocol)
+
+    def show(p: Progress) -> None:
+        if not p.final:
+            print(f"  ... answer={p.answer!s:<14} certaindex={p.certaindex:.2f}  steps={p.steps}/{p.budget}  tokens={p.tokens_used}", flush=True)
+
+    try:
+        result = client.solve(args.question, args.program, _options(args), on_progress=show)
+    except ProgramError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"answer: {result.answer}\ncertaindex: {result.certaindex:.3f}\nstopped: {result.stop_reason}\n"
+          f"steps: {result.steps}/{result.budget}  tokens: {result.tokens_used}  latency: {result.latency_s:.1f} s")
+    return 0
+
+
+def _solve(args: argparse.Namespace) -> int:
+    from client.batch import solve_file
+
+    return solve_file(args.file, url=args.url, protocol=args.protocol, program=args.program, options=_options(args),
+                      concurrency=args.concurrency, limit=args.limit, output=args.output)
+
+
+def _program_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", default=DEFAULT_GRPC, help="host:port of the server (gRPC, or HTTP with --protocol http)")
+    p.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    p.add_argument("--program", default=None, help="self-consistency, rebase, mcts, cot-probe, or a registered one")
+    p.add_argument("--budget", type=int, help="cap on the program's knob (samples, expansions, iterations, chunks)")
+    p.add_argument("--deadline", dest="deadline_s", type=float, help="seconds; the best answer so far is returned then")
+    p.add_argument("--threshold", dest="settle_threshold", type=float, help="certaindex at which the answer counts as settled")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--max-tokens", dest="max_tokens", type=int, help="tokens per generation step")
+    p.add_argument("--calibration", help="name of a calibration file on the server")
+    p.add_argument("--options", help="JSON object of further program options")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="dynasor", description="LLM reasoning programs served in Triton (Dynasor)")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="start tritonserver with the model repository; Ctrl-C stops it",
+                           epilog="Unknown arguments are passed to tritonserver.")
+    serve.add_argument("--model", default=None, help="policy model: NAME under models/, a folder, or a Hugging Face id (default: model.json)")
+    serve.add_argument("--model-repository", default=None)
+    serve.add_argument("--address", default="127.0.0.1", help="address for HTTP, gRPC and metrics (default 127.0.0.1)")
+    serve.add_argument("--http-port", type=int, default=8000)
+    serve.add_argument("--grpc-port", type=int, default=8001)
+    serve.add_argument("--metrics-port", type=int, default=8002)
+    serve.add_argument("--ready-timeout", type=float, default=600.0)
+
+    ask = sub.add_parser("ask", help="run one reasoning program and show its progress")
+    ask.add_argument("question")
+    _program_args(ask)
+
+    solve = sub.add_parser("solve", help="run a JSONL file of questions; accuracy when it has answers")
+    solve.add_argument("file", help="JSONL with 'question' (or 'problem') and optionally 'answer'")
+    _program_args(solve)
+    solve.add_argument("--concurrency", type=int, default=8)
+    solve.add_argument("--limit", type=int, default=None, help="first N records only")
+    solve.add_argument("--output", default=None, help="write one JSON result per line here")
+
+    sub.add_parser("calibrate", help="fit allocation thresholds/curves from recorded traces", add_help=False)
+    sub.add_parser("models", help="prepare the real models under models/", add_help=False)
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "calibrate":
+        from scheduler_backend.calibrate import main as calibrate
+
+        return calibrate(argv[1:])
+    if argv and argv[0] == "models":
+        from client.models import main as models
+
+        return models(argv[1:])
+    args, extra = ap.parse_known_args(argv)
+    if args.command == "serve":
+        return _serve(args, extra)
+    if extra:
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
+    return _ask(args) if args.command == "ask" else _solve(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""Python client of the `dynasor` model: one call = one reasoning program, with live progress.
+
+Transports: gRPC streaming (tritonclient) and HTTP `generate_stream` (server-sent events), each
+sync and asyncio. Every response of the model is a `Progress`; the last one (final) carries why the
+program stopped.
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, Iterator, Mapping
+
+import numpy as np
+
+from client.grpc_stream import StreamCall, as_input
+
+MODEL = "dynasor"
+
+
+@dataclass
+class Progress:
+    answer: str | None
+    certaindex: float
+    final: bool
+    stop_reason: str
+    tokens_used: int
+    steps: int
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def budget(self) -> int | None:
+        return self.details.get("budget")
+
+    @property
+    def latency_s(self) -> float | None:
+        return self.details.get("latency_s")
+
+    @classmethod
+    def from_outputs(cls, out: Mapping[str, Any]) -> "Progress":
+        def scalar(name, default=None):
+            value = out.get(name)
+            if value is None:
+                return default
+            item = np.asarray(value).reshape(-1)[0] if not isinstance(value, (str, int, float, bool)) else value
+            return item.decode() if isinstance(item, bytes) else item.item() if hasattr(item, "item") else item
+
+        answer = scalar("answer", "")
+        return cls(
+            answer=answer or None,
+            certaindex=float(scalar("certaindex", 0.0)),
+            final=bool(scalar("final", False)),
+            stop_reason=scalar("stop_reason", "") or "",
+            tokens_used=int(scalar("tokens_used", 0)),
+            steps=int(scalar("steps", 0)),
+            details=json.loads(scalar("progress", "{}") or "{}"),
+        )
+
+
+class ProgramError(RuntimeError):
+    """The server refused or failed the program; the message names the field when it was the input."""
+
+
+def request_inputs(question: str, program: str | None, options: Mapping[str, Any] | None) -> dict[str, str]:
+    inputs = {"text_input": question}
+    if program:
+        inputs["program"] = program
+    if options:
+        inputs["options"] = json.dumps(dict(options))
+    return inputs
+
+
+class DynasorClient:
+    """Sync client. `url` is host:port of gRPC (protocol="grpc") or HTTP (protocol="http")."""
+
+    def __init__(self, url: str, protocol: str = "grpc", timeout_s: float = 900.0):
+        if protocol not in ("grpc", "http"):
+            raise ValueError(f"protocol: must be 'grpc' or 'http', got {protocol!r}")
+        self.url, self.protocol, self.timeout_s = url, protocol, timeout_s
+
+    def stream(self, question: str, program: str | None = None, options: Mapping[str, Any] | None = None) -> Iterator[Progress]:
+        inputs = request_inputs(question, program, options)
+        if self.protocol == "http":
+            yield from _http_stream(self.url, inputs, self.timeout_s)
+            return
+        call = StreamCall(self.url, MODEL, inputs, request_id=uuid.uuid4().hex, timeout_s=self.timeout_s)
+        try:
+            for response in call:
+                if "answer" in response.outputs:
+                    yield Progress.from_outputs(response.outputs)
+        except RuntimeError as e:
+            raise ProgramError(str(e)) from None
+        finally:
+            call.close()
+
+    def solve(self, question: str, program: str | None = None, options: Mapping[str, Any] | None = None,
+              on_progress: Callable[[Progress], None] | None = None) -> Progress:
+        last = None
+        for p in self.stream(question, program, options):
+            if on_progress:
+                on_progress(p)
+            last = p
+        if last is None or not last.final:
+            raise ProgramError("the server closed the stream without a final response")
+        return last
+
+
+def _http_stream(url: str, inputs: Mapping[str, str], timeout_s: float) -> Iterator[Progress]:
+    import requests
+
+    with requests.post(f"http://{url}/v2/models/{MODEL}/generate_stream", json=dict(inputs), stream=True, timeout=timeout_s) as r:
+        if r.status_code != 200:
+            raise ProgramError(_http_error(r.text))
+        for line in r.iter_lines(decode_unicode=True):
+            if not line or not line.startswith("data:"):
+                continue
+            event = json.loads(line[len("data:"):])
+            if "error" in event:
+                raise ProgramError(event["error"])
+            if "answer" in event:
+                yield Progress.from_outputs(event)
+
+
+def _http_error(body: str) -> str:
+    try:
+        return json.loads(body).get("error", body)
+    except json.JSONDecodeError:
+        return body
+
+
+class AsyncDynasorClient:
+    """asyncio client: gRPC through tritonclient.grpc.aio, HTTP through aiohttp."""
+
+    def __init__(self, url: str, protocol: str = "grpc", timeout_s: float = 900.0):
+        if protocol not in ("grpc", "http"):
+            raise ValueError(f"protocol: must be 'grpc' or 'http', got {protocol!r}")
+        self.url, self.protocol, self.timeout_s = url, protocol, timeout_s
+
+    async def stream(self, question: str, program: str | None = None, options: Mapping[str, Any] | None = None) -> AsyncIterator[Progress]:
+        inputs = request_inputs(question, program, options)
+        if self.protocol == "http":
+            async for p in _aio_http_stream(self.url, inputs, self.timeout_s):
+                yield p
+            return
+        import tritonclient.grpc.aio as aio
+
+        client = aio.InferenceServerClient(self.url)
+
+        async def requests():
+            yield {"model_name": MODEL, "inputs": [as_input(k, v) for k, v in inputs.items()], "request_id": uuid.uuid4().hex,
+                   "enable_empty_final_response": True}
+
+        try:
+            async for result, error in client.stream_infer(requests(), stream_timeout=self.timeout_s):
+                if error is not None:
+                    raise ProgramError(str(error.message() if hasattr(error, "message") else error))
+                names = [o.name for o in result.get_response().outputs]
+                if "answer" in names:
+                    yield Progress.from_outputs({n: result.as_numpy(n) for n in names})
+                final = result.get_response().parameters.get("triton_final_response")
+                if final is not None and final.bool_param:
+                    break
+        finally:
+            await client.close()
+
+    async def solve(self, question: str, program: str | None = None, options: Mapping[str, Any] | None = None,
+                    on_progress: Callable[[Progress], None] | None = None) -> Progress:
+        last = None
+        async for p in self.stream(question, program, options):
+            if on_progress:
+                on_progress(p)
+            last = p
+        if last is None or not last.final:
+            raise ProgramError("the server closed the stream without a final response")
+        return last
+
+
+async def _aio_http_stream(url: str, inputs: Mapping[str, str], timeout_s: float) -> AsyncIterator[Progress]:
+    import aiohttp
+
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with session.post(f"http://{url}/v2/models/{MODEL}/generate_stream", json=dict(inputs)) as r:
+            if r.status != 200:
+                raise ProgramError(_http_error(await r.text()))
+            async for raw in r.content:
+                line = raw.decode().strip()
+                if not line.startswith("data:"):
+                    continue
+                event = json.loads(line[len("data:"):])
+                if "error" in event:
+                    raise ProgramError(event["error"])
+                if "answer" in event:
+                    yield Progress.from_outputs(event)

@@ -1,0 +1,151 @@
+"""The scheduler_backend Engine over Triton BLS: `policy` for generation, `reward` for scores.
+
+Decoupled BLS responses come from a blocking iterator (PLATFORM.md pitfall 9), so each call is
+drained on a thread of this engine's own pool and handed to the event loop through a queue.
+Triton 2.51 cannot cancel a BLS request, so `abort` asks `policy` to abort the engine request by
+its id; the stream then ends with a cancelled error, which this engine turns into a quiet end.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
+from typing import AsyncIterator, Sequence
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from scheduler_backend.engine import EngineError, GenerateCall, SampleDelta
+
+_END = object()
+
+
+def _strings(values: Sequence[str]) -> np.ndarray:
+    return np.array([v.encode("utf-8") for v in values], dtype=np.object_)
+
+
+class BlsEngine:
+    def __init__(self, policy_model: str = "policy", reward_model: str = "reward", max_concurrent_calls: int = 256):
+        self.policy_model = policy_model
+        self.reward_model = reward_model
+        self._pool = ThreadPoolExecutor(max_workers=max_concurrent_calls, thread_name_prefix="dynasor-bls")
+        self._aborted: set[str] = set()
+        self._active: set[str] = set()
+
+    def _policy_request(self, call: GenerateCall) -> "pb_utils.InferenceRequest":
+        s = call.sampling
+        sampling = {"n": s.n, "max_tokens": s.max_tokens, "temperature": s.temperature, "top_p": s.top_p}
+        if s.stop:
+            sampling["stop"] = list(s.stop)
+        if s.logprobs is not None:
+            sampling["logprobs"] = s.logprobs
+        inputs = [
+            pb_utils.Tensor("sampling_parameters", _strings([json.dumps(sampling)])),
+            pb_utils.Tensor("stream", np.array([True], dtype=np.bool_)),
+            pb_utils.Tensor("priority", np.array([call.priority], dtype=np.int32)),
+        ]
+        if call.messages:
+            messages = [{"role": m.role, "content": m.content} for m in call.messages]
+            inputs.append(pb_utils.Tensor("messages", _strings([json.dumps(messages)])))
+        else:
+            inputs.append(pb_utils.Tensor("text_input", _strings([call.prompt])))
+        return pb_utils.InferenceRequest(
+            model_name=self.policy_model,
+            inputs=inputs,
+            request_id=call.request_id,
+            requested_output_names=["text_output", "sample_index", "num_output_tokens", "finish_reason", "cumulative_logprob"]
+            + (["logprobs"] if s.logprobs is not None else []),
+        )
+
+    def _drain(self, request, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> None:
+        try:
+            for response in request.exec(decoupled=True):
+                loop.call_soon_threadsafe(queue.put_nowait, response)
+        except Exception as e:  # handed to the awaiting coroutine, raised there
+            loop.call_soon_threadsafe(queue.put_nowait, e)
+        finally:
+            loop.call_soon_threadsafe(queue.put_nowait, _END)
+
+    async def generate(self, call: GenerateCall) -> AsyncIterator[list[SampleDelta]]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        request = self._policy_request(call)
+        self._active.add(call.request_id)
+        self._pool.submit(self._drain, request, loop, queue)
+        try:
+            while (item := await queue.get()) is not _END:
+                if isinstance(item, Exception):
+                    raise EngineError(f"policy call failed: {item}")
+                if item.has_error():
+                    if call.request_id in self._aborted:
+                        continue
+                    raise EngineError(f"policy: {item.error().message()}")
+                deltas = _deltas(item)
+                if deltas:
+                    yield deltas
+        finally:
+            self._active.discard(call.request_id)
+            self._aborted.discard(call.request_id)
+
+    async def abort(self, request_id: str) -> None:
+        """Retries while `policy` does not know the id yet: the abort can overtake the request."""
+        self._aborted.add(request_id)
+        loop = asyncio.get_running_loop()
+        for _ in range(40):
+            if request_id not in self._active:
+                return
+            request = pb_utils.InferenceRequest(
+                model_name=self.policy_model,
+                inputs=[pb_utils.Tensor("abort_request_ids", _strings([request_id]))],
+                requested_output_names=["finish_reason"],
+            )
+            responses = await loop.run_in_executor(self._pool, lambda: list(request.exec(decoupled=True)))
+            reasons = [pb_utils.get_output_tensor_by_name(r, "finish_reason") for r in responses if not r.has_error()]
+            if any(t is not None and t.as_numpy().reshape(-1)[0] == b"aborted" for t in reasons):
+                return
+            await asyncio.sleep(0.05)
+
+    async def score(self, question: str, candidates: Sequence[str]) -> list[float]:
+        request = pb_utils.InferenceRequest(
+            model_name=self.reward_model,
+            inputs=[pb_utils.Tensor("question", _strings([question])), pb_utils.Tensor("candidates", _strings(list(candidates)))],
+            requested_output_names=["scores"],
+        )
+        responses = await asyncio.get_running_loop().run_in_executor(self._pool, lambda: list(request.exec(decoupled=True)))
+        for response in responses:
+            if response.has_error():
+                raise EngineError(f"reward: {response.error().message()}")
+            tensor = pb_utils.get_output_tensor_by_name(response, "scores")
+            if tensor is not None:
+                return [float(x) for x in tensor.as_numpy().reshape(-1)]
+        raise EngineError("reward: no scores in the response")
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _deltas(response) -> list[SampleDelta]:
+    def out(name):
+        tensor = pb_utils.get_output_tensor_by_name(response, name)
+        return None if tensor is None else tensor.as_numpy().reshape(-1)
+
+    texts = out("text_output")
+    if texts is None:
+        return []
+    index, tokens, finish, logprob = out("sample_index"), out("num_output_tokens"), out("finish_reason"), out("cumulative_logprob")
+    tops = out("logprobs")
+    deltas = []
+    for i, text in enumerate(texts):
+        reason = finish[i].decode() if finish is not None else ""
+        deltas.append(
+            SampleDelta(
+                index=int(index[i]),
+                text=text.decode("utf-8", errors="replace"),
+                num_tokens=int(tokens[i]),
+                finished=bool(reason),
+                finish_reason=reason or None,
+                cumulative_logprob=None if logprob is None or np.isnan(logprob[i]) else float(logprob[i]),
+                top_logprobs=json.loads(tops[i]) if tops is not None else [],
+            )
+        )
+    return deltas

@@ -1,0 +1,196 @@
+"""Triton glue for the reasoning programs: one request = one program, run by the shared
+scheduler_backend runner over BLS calls to `policy` and `reward`, progress streamed back.
+
+All logic lives in scheduler_backend; this file only parses requests at the door, sends
+responses, watches for cancellation and exports metrics. The runner lives on an asyncio loop in
+its own thread; `execute` only hands requests to that loop.
+"""
+import asyncio
+import json
+import locale
+import os
+import traceback
+import threading
+import uuid
+from pathlib import Path
+
+locale.setlocale(locale.LC_ALL, "C.UTF-8")  # the stub's interpreter prefers ASCII (pitfall 5)
+
+import numpy as np  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
+
+from bls_engine import BlsEngine  # noqa: E402
+from program_request import parse_program_request  # noqa: E402
+from scheduler_backend.program import ProgramState, StopReason  # noqa: E402
+from scheduler_backend.registry import Limits, OptionError, load_plugins  # noqa: E402
+from scheduler_backend.runner import ProgramRunner  # noqa: E402
+from scheduler_backend.scheduler import Scheduler  # noqa: E402
+
+_CERTAINDEX_BUCKETS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0]
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        p = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.default_program = p.get("default_program", "self-consistency")
+        self.limits = Limits(
+            max_budget=int(p.get("max_budget", "64")),
+            max_tokens=int(p.get("max_tokens", "2048")),
+            max_question_chars=int(p.get("max_question_chars", "16384")),
+        )
+        self.max_deadline_s = float(p.get("max_deadline_s", "3600"))
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        self.calibration_dir = version_dir / p.get("calibration_dir", "calibrations")
+        plugins = [x.strip() for x in p.get("plugins", "").split(",") if x.strip()]
+        if plugins:
+            load_plugins(plugins)
+        self.engine = BlsEngine(p.get("policy_model", "policy"), p.get("reward_model", "reward"),
+                                int(p.get("max_concurrent_bls_calls", "256")))
+        scheduler = Scheduler(max_running=int(p.get("max_running_programs", "16")), aging_per_s=float(p.get("aging_per_s", "50")))
+        self.runner = ProgramRunner(self.engine, scheduler)
+        self.metrics = _Metrics(args["model_name"])
+        self.logger = pb_utils.Logger
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="dynasor-loop", daemon=True)
+        self._thread.start()
+        self._tasks: set = set()
+
+    def execute(self, requests):
+        for request in requests:
+            future = asyncio.run_coroutine_threadsafe(self._serve(request), self._loop)
+            self._tasks.add(future)
+            future.add_done_callback(self._tasks.discard)
+        return None
+
+    async def _serve(self, request) -> None:
+        sender = request.get_response_sender()
+        try:
+            await self._serve_checked(request, sender)
+        except Exception as e:
+            # Every request gets its final response, whatever went wrong, or its client waits forever.
+            self.logger.log_error(f"[dynasor] request failed: {traceback.format_exc()}")
+            _send_error(sender, f"dynasor failed: {type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL)
+
+    async def _serve_checked(self, request, sender) -> None:
+        try:
+            req = parse_program_request(
+                _input(request, "text_input"),
+                _input(request, "program"),
+                _input(request, "options"),
+                json.loads(request.parameters() or "{}"),
+                default_program=self.default_program,
+                limits=self.limits,
+                max_deadline_s=self.max_deadline_s,
+                calibration_dir=self.calibration_dir,
+            )
+        except OptionError as e:
+            self.metrics.count("dynasor_programs_total", {"stop_reason": "invalid"})
+            _send_error(sender, str(e), pb_utils.TritonError.INVALID_ARG)
+            return
+        pid = f"{request.request_id() or 'program'}-{uuid.uuid4().hex[:8]}"
+        self.metrics.in_flight.increment(1)
+        watcher = asyncio.ensure_future(self._watch_cancel(sender, pid))
+
+        def progress(state: ProgramState) -> None:
+            if req.progress and not sender.is_cancelled():
+                sender.send(_response(state))
+
+        try:
+            state = await self.runner.run(pid, req.program, req.deadline_s, progress)
+        finally:
+            watcher.cancel()
+            self.metrics.in_flight.increment(-1)
+        self.metrics.record(state, req.program_name, req.deadline_s)
+        if state.stop_reason is StopReason.CANCELLED and sender.is_cancelled():
+            _send_error(sender, "program was cancelled", pb_utils.TritonError.CANCELLED)
+        elif state.stop_reason is StopReason.ERROR:
+            _send_error(sender, f"program failed: {state.extra.get('error', 'engine error')}", pb_utils.TritonError.UNAVAILABLE)
+        else:
+            sender.send(_response(state), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    async def _watch_cancel(self, sender, pid: str) -> None:
+        """A program waiting on the engine sends nothing to notice a cancel by: poll."""
+        while not sender.is_cancelled():
+            await asyncio.sleep(0.1)
+        self.runner.cancel(pid)
+
+    def finalize(self):
+        self._loop.call_soon_threadsafe(self.runner.cancel_all)
+        for future in list(self._tasks):
+            try:
+                future.result(timeout=10)
+            except Exception:  # already answered with an error; shutting down either way
+                pass
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self.engine.shutdown()
+
+
+def _input(request, name: str):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        return None
+    values = tensor.as_numpy().reshape(-1)
+    if values.size != 1:
+        raise OptionError(f"{name}: expected one element, got {values.size}")
+    return values[0]
+
+
+def _response(state: ProgramState):
+    details = {"budget": state.budget, **state.extra}
+    tensors = [
+        pb_utils.Tensor("answer", np.array([(state.answer or "").encode()], dtype=np.object_)),
+        pb_utils.Tensor("certaindex", np.array([state.certaindex], dtype=np.float32)),
+        pb_utils.Tensor("final", np.array([state.done], dtype=np.bool_)),
+        pb_utils.Tensor("stop_reason", np.array([(state.stop_reason.value if state.stop_reason else "").encode()], dtype=np.object_)),
+        pb_utils.Tensor("tokens_used", np.array([state.tokens_used], dtype=np.int64)),
+        pb_utils.Tensor("steps", np.array([state.steps], dtype=np.int32)),
+        pb_utils.Tensor("progress", np.array([json.dumps(details).encode()], dtype=np.object_)),
+    ]
+    return pb_utils.InferenceResponse(output_tensors=tensors)
+
+
+def _send_error(sender, message: str, code) -> None:
+    sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code)), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+
+class _Metrics:
+    """Program-level metrics on Triton's metrics port, labelled by model (and program/outcome)."""
+
+    def __init__(self, model: str):
+        self.labels = {"model": model}
+        kinds = pb_utils.MetricFamily
+        self.families = {
+            name: kinds(name, doc, kind)
+            for name, doc, kind in (
+                ("dynasor_programs_in_flight", "Reasoning programs running or queued", kinds.GAUGE),
+                ("dynasor_programs_total", "Programs ended, by program and stop reason", kinds.COUNTER),
+                ("dynasor_program_certaindex_at_stop", "Certaindex of programs when they stopped", kinds.HISTOGRAM),
+                ("dynasor_program_tokens_used_total", "Tokens generated for programs", kinds.COUNTER),
+                ("dynasor_program_tokens_saved_total", "Tokens not spent against the cap (unused knob units times tokens per unit)", kinds.COUNTER),
+                ("dynasor_program_deadline_total", "Programs with a deadline, by outcome (met, missed)", kinds.COUNTER),
+            )
+        }
+        self.in_flight = self.families["dynasor_programs_in_flight"].Metric(self.labels)
+        self._metrics: dict = {}
+
+    def _metric(self, family: str, labels: dict, **kw):
+        key = (family, tuple(sorted(labels.items())))
+        if key not in self._metrics:
+            self._metrics[key] = self.families[family].Metric({**self.labels, **labels}, **kw)
+        return self._metrics[key]
+
+    def count(self, family: str, labels: dict, value: float = 1) -> None:
+        self._metric(family, labels).increment(value)
+
+    def record(self, state: ProgramState, program: str, deadline_s: float | None) -> None:
+        labels = {"program": program}
+        self.count("dynasor_programs_total", {**labels, "stop_reason": state.stop_reason.value})
+        self._metric("dynasor_program_certaindex_at_stop", labels, buckets=_CERTAINDEX_BUCKETS).observe(state.certaindex)
+        self.count("dynasor_program_tokens_used_total", labels, state.tokens_used)
+        if state.steps and state.budget > state.steps:
+            self.count("dynasor_program_tokens_saved_total", labels, (state.budget - state.steps) * state.tokens_used / state.steps)
+        if deadline_s is not None:
+            met = state.stop_reason is not StopReason.DEADLINE
+            self.count("dynasor_program_deadline_total", {"outcome": "met" if met else "missed"})

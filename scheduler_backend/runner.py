@@ -1,0 +1,188 @@
+"""The async driver: runs many reasoning programs on one engine under one scheduler.
+
+Programs and the scheduler make decisions; this module does the I/O. Each program's steps run as
+engine calls carrying the scheduler's priority for that program (gang scheduling: one priority
+class per program). Deadlines and cancellation stop the program, abort every engine request it
+owns, and return its best answer so far.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+from scheduler_backend.engine import Engine, EngineError, GenerateCall
+from scheduler_backend.program import (
+    GenerateStep,
+    ProgramState,
+    ReasoningProgram,
+    Sample,
+    ScoreStep,
+    Step,
+    StepResult,
+    StopReason,
+)
+from scheduler_backend.scheduler import Scheduler
+
+ProgressCallback = Callable[[ProgramState], "Awaitable[None] | None"]
+
+
+@dataclass
+class _Live:
+    program: ReasoningProgram
+    admitted: asyncio.Event = field(default_factory=asyncio.Event)
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    tokens_per_unit: float = 0.0
+
+
+class ProgramRunner:
+    """One per engine; `run()` is called once per program, concurrently."""
+
+    def __init__(self, engine: Engine, scheduler: Scheduler, clock: Callable[[], float] = time.monotonic,
+                 tokens_per_unit_prior: float = 256.0):
+        self.engine = engine
+        self.scheduler = scheduler
+        self.clock = clock
+        self.tokens_per_unit_prior = tokens_per_unit_prior
+        self._live: dict[str, _Live] = {}
+
+    @property
+    def live(self) -> int:
+        return len(self._live)
+
+    def cancel(self, pid: str) -> None:
+        """Stop program `pid` now (client went away); its run returns CANCELLED."""
+        live = self._live.get(pid)
+        if live is not None:
+            live.cancelled.set()
+
+    def cancel_all(self) -> None:
+        """Stop every live program (server shutting down)."""
+        for live in self._live.values():
+            live.cancelled.set()
+
+    def _predicted_work(self, live: _Live) -> float:
+        """Scheduler job size in tokens: remaining knob units times tokens per unit seen so far."""
+        program = live.program
+        steps = program.steps_used()
+        per_unit = program.tokens_used / steps if steps and program.tokens_used else self.tokens_per_unit_prior
+        return program.predicted_remaining() * per_unit
+
+    def _reschedule(self) -> None:
+        decisions = self.scheduler.schedule(self.clock())
+        for pid in decisions.admit:
+            if pid in self._live:
+                self._live[pid].admitted.set()
+
+    async def run(self, pid: str, program: ReasoningProgram, deadline_s: float | None = None,
+                  on_progress: ProgressCallback | None = None) -> ProgramState:
+        """Run `program` to its stop; `deadline_s` is relative to now. Returns the final state,
+        whose `extra` carries latency_s, queued_s and, on ERROR, the error message."""
+        if pid in self._live:
+            raise ValueError(f"program id {pid!r} is already running")
+        start = self.clock()
+        deadline = None if deadline_s is None else start + deadline_s
+        live = _Live(program)
+        self._live[pid] = live
+        self.scheduler.add(pid, start, self._predicted_work(live), deadline)
+        tasks: dict[asyncio.Task, Step] = {}
+        error = ""
+        queued_s = 0.0
+        try:
+            self._reschedule()
+            if await self._wait_admitted(live, deadline):
+                queued_s = self.clock() - start
+                error = await self._drive(pid, live, deadline, tasks, on_progress)
+        finally:
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            del self._live[pid]
+            self.scheduler.remove(pid)
+            self._reschedule()
+        state = program.state()
+        state.extra.update(latency_s=round(self.clock() - start, 4), queued_s=round(queued_s, 4))
+        if error:
+            state.extra["error"] = error
+        return state
+
+    async def _wait_admitted(self, live: _Live, deadline: float | None) -> bool:
+        waiters = [asyncio.ensure_future(live.admitted.wait()), asyncio.ensure_future(live.cancelled.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=self._time_left(deadline), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+        if live.cancelled.is_set():
+            live.program.stop(StopReason.CANCELLED)
+        elif not live.admitted.is_set():
+            live.program.stop(StopReason.DEADLINE)
+        return live.admitted.is_set() and not live.program.done
+
+    def _time_left(self, deadline: float | None) -> float | None:
+        return None if deadline is None else max(deadline - self.clock(), 0.0)
+
+    async def _drive(self, pid: str, live: _Live, deadline: float | None, tasks: dict[asyncio.Task, Step],
+                     on_progress: ProgressCallback | None) -> str:
+        """The program's loop; returns an error message, or "" when it stopped normally."""
+        program = live.program
+        cancel_wait = asyncio.ensure_future(live.cancelled.wait())
+        try:
+            while not program.done:
+                for step in program.next_steps():
+                    tasks[asyncio.ensure_future(self._run_step(pid, step))] = step
+                if not tasks:
+                    return f"program {program.name} issued no step and is not done"
+                done, _ = await asyncio.wait([*tasks, cancel_wait], timeout=self._time_left(deadline),
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if cancel_wait in done:
+                    program.stop(StopReason.CANCELLED)
+                    return ""
+                if not done:
+                    program.stop(StopReason.DEADLINE)
+                    return ""
+                for task in done:
+                    tasks.pop(task)
+                    try:
+                        program.on_result(task.result())
+                    except EngineError as e:
+                        program.stop(StopReason.ERROR)
+                        return str(e)
+                self.scheduler.update(pid, self._predicted_work(live))
+                self._reschedule()
+                if on_progress is not None:
+                    maybe = on_progress(program.state())
+                    if asyncio.iscoroutine(maybe):
+                        await maybe
+            return ""
+        finally:
+            cancel_wait.cancel()
+
+    async def _run_step(self, pid: str, step: Step) -> StepResult:
+        if isinstance(step, ScoreStep):
+            scores = await self.engine.score(step.question, list(step.candidates))
+            return StepResult(step.key, scores=scores)
+        assert isinstance(step, GenerateStep)
+        call = GenerateCall(
+            request_id=f"{pid}:{step.key}",
+            sampling=step.sampling,
+            messages=step.messages,
+            prompt=step.prompt,
+            priority=self.scheduler.priority(pid),
+        )
+        samples: dict[int, Sample] = {}
+        try:
+            async for deltas in self.engine.generate(call):
+                for d in deltas:
+                    s = samples.setdefault(d.index, Sample(text="", num_tokens=0))
+                    s.text += d.text
+                    s.num_tokens += d.num_tokens
+                    if d.finished:
+                        s.finish_reason = d.finish_reason
+                        s.cumulative_logprob = d.cumulative_logprob
+        except asyncio.CancelledError:
+            await asyncio.shield(self.engine.abort(call.request_id))
+            raise
+        return StepResult(step.key, samples=[samples[i] for i in sorted(samples)])

@@ -1,0 +1,157 @@
+"""The real `dynasor` model in the real tritonserver: programs over BLS to the real policy and
+reward models on the small model. SmolLM2 reasons poorly; these tests check the serving behaviour
+(budgets, thresholds, cancellation, deadlines, errors, metrics), not accuracy."""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import pytest
+
+from client.dynasor_client import AsyncDynasorClient, DynasorClient, ProgramError
+from client.grpc_stream import StreamCall, StreamError
+from tests.integration.helpers import metric_values, wait_for
+
+pytestmark = pytest.mark.integration
+
+QUESTION = "Tom has 3 apples and buys 5 more. How many apples does he have now?"
+SMALL = {"max_tokens": 48, "temperature": 1.0}
+
+
+def sc(server, **options):
+    return DynasorClient(server.grpc_url).solve(QUESTION, "self-consistency", {**SMALL, **options})
+
+
+def test_self_consistency_returns_a_final_answer_within_its_budget(server):
+    progress = []
+    result = DynasorClient(server.grpc_url).solve(QUESTION, "self-consistency", {**SMALL, "budget": 6, "round_size": 2},
+                                                  on_progress=progress.append)
+    assert result.final and result.stop_reason in ("settled", "cap", "hopeless")
+    assert 0.0 <= result.certaindex <= 1.0
+    assert 1 <= result.steps <= 6 and result.budget == 6
+    assert result.tokens_used > 0 and result.latency_s > 0
+    assert progress and not any(p.final for p in progress[:-1]), "progress responses come before the final one"
+    assert [p.steps for p in progress] == sorted(p.steps for p in progress), "samples used only grow"
+
+
+def test_a_strict_threshold_uses_fewer_samples_than_threshold_one(server):
+    common = {"budget": 8, "round_size": 2, "detect_step": 2, "temperature": 1.2}
+    strict = sc(server, settle_threshold=0.0, **common)
+    never = sc(server, settle_threshold=1.0, **common)
+    assert strict.stop_reason == "settled" and strict.steps == 2
+    assert never.steps > strict.steps, (strict, never)
+
+
+@pytest.mark.parametrize("program, options", [
+    ("rebase", {"budget": 4, "width": 2, "max_depth": 2, "max_tokens": 32}),
+    ("mcts", {"budget": 2, "children": 2, "max_tokens": 32}),
+    ("cot-probe", {"budget": 3, "chunk_tokens": 24, "window": 2}),
+])
+def test_every_program_type_completes(server, program, options):
+    result = DynasorClient(server.grpc_url).solve(QUESTION, program, options)
+    assert result.final and result.stop_reason in ("settled", "cap", "hopeless", "finished")
+    assert result.steps <= options["budget"]
+    assert result.tokens_used > 0
+
+
+def test_http_generate_stream_and_asyncio_clients(server):
+    http = DynasorClient(server.http_url, protocol="http").solve(QUESTION, "self-consistency", {**SMALL, "budget": 2, "round_size": 2})
+    assert http.final and http.steps == 2
+
+    async def both():
+        grpc = AsyncDynasorClient(server.grpc_url).solve(QUESTION, "self-consistency", {**SMALL, "budget": 2, "round_size": 2})
+        aio_http = AsyncDynasorClient(server.http_url, protocol="http").solve(QUESTION, "self-consistency", {**SMALL, "budget": 2, "round_size": 2})
+        return await asyncio.gather(grpc, aio_http)
+
+    for r in asyncio.run(both()):
+        assert r.final and r.steps == 2
+
+
+def test_cancelling_a_program_frees_the_policy_engine_within_2s(server):
+    call = StreamCall(server.grpc_url, "dynasor", {"text_input": QUESTION, "program": "self-consistency",
+                                                   "options": json.dumps({"budget": 32, "round_size": 8, "max_tokens": 1500, "settle_threshold": 1.0})})
+    busy = wait_for(lambda: sum(metric_values(server, "dynasor_engine_unfinished_requests").values()) >= 1, timeout_s=30)
+    assert busy, "the program never reached the engine"
+    call.close()
+    t0 = time.monotonic()
+    freed = wait_for(lambda: sum(metric_values(server, "dynasor_engine_unfinished_requests").values()) == 0, timeout_s=3)
+    assert freed and time.monotonic() - t0 <= 2.6, "policy still runs the cancelled program's requests"
+
+
+def test_a_deadline_returns_the_best_answer_so_far_in_time(server):
+    t0 = time.monotonic()
+    result = sc(server, budget=32, round_size=4, max_tokens=1500, settle_threshold=1.0, deadline_s=4)
+    elapsed = time.monotonic() - t0
+    assert result.stop_reason == "deadline"
+    assert elapsed <= 4 + 1.0, f"returned {elapsed:.1f} s after the start of a 4 s deadline"
+    assert wait_for(lambda: sum(metric_values(server, "dynasor_engine_unfinished_requests").values()) == 0, timeout_s=2)
+
+
+MALFORMED = [
+    ({"program": "self-consistency"}, "text_input"),
+    ({"text_input": "   "}, "text_input"),
+    ({"text_input": QUESTION, "program": "no-such-program"}, "program"),
+    ({"text_input": QUESTION, "options": json.dumps({"budget": -1})}, "options.budget"),
+    ({"text_input": QUESTION, "options": json.dumps({"budget": 0})}, "options.budget"),
+    ({"text_input": QUESTION, "options": json.dumps({"budget": "ten"})}, "options.budget"),
+    ({"text_input": QUESTION, "options": json.dumps({"budget": True})}, "options.budget"),
+    ({"text_input": QUESTION, "options": json.dumps({"budget": 10**9})}, "options.budget"),
+    ({"text_input": QUESTION, "options": json.dumps({"max_tokens": 10**7})}, "options.max_tokens"),
+    ({"text_input": QUESTION, "options": json.dumps({"temperature": "hot"})}, "options.temperature"),
+    ({"text_input": QUESTION, "options": json.dumps({"temperature": -1})}, "options.temperature"),
+    ({"text_input": QUESTION, "options": json.dumps({"settle_threshold": 1.5})}, "options.settle_threshold"),
+    ({"text_input": QUESTION, "options": json.dumps({"deadline_s": -3})}, "options.deadline_s"),
+    ({"text_input": QUESTION, "options": json.dumps({"deadline_s": "soon"})}, "options.deadline_s"),
+    ({"text_input": QUESTION, "options": json.dumps({"no_such_option": 1})}, "options.no_such_option"),
+    ({"text_input": QUESTION, "options": json.dumps({"answer_format": "roman"})}, "options.answer_format"),
+    ({"text_input": QUESTION, "options": json.dumps({"calibration": "../../etc/passwd"})}, "options.calibration"),
+    ({"text_input": QUESTION, "options": "{not json"}, "options"),
+    ({"text_input": QUESTION, "options": "[1, 2]"}, "options"),
+    ({"text_input": "x" * 20000}, "text_input"),
+]
+
+
+def test_twenty_malformed_requests_get_clear_errors_while_a_good_program_completes(server):
+    assert len(MALFORMED) == 20
+    good: dict = {}
+
+    def run_good():
+        good["result"] = sc(server, budget=4, round_size=2)
+
+    t = threading.Thread(target=run_good)
+    t.start()
+    for inputs, field in MALFORMED:
+        with pytest.raises(StreamError) as err:
+            StreamCall(server.grpc_url, "dynasor", inputs, timeout_s=30).collect()
+        assert field in str(err.value), (inputs, str(err.value))
+    t.join(timeout=300)
+    assert good["result"].final and good["result"].steps >= 1
+
+
+def test_client_errors_name_the_field(server):
+    with pytest.raises(ProgramError, match="options.budget"):
+        DynasorClient(server.grpc_url).solve(QUESTION, "self-consistency", {"budget": -2})
+    with pytest.raises(ProgramError, match="options.budget"):
+        DynasorClient(server.http_url, protocol="http").solve(QUESTION, "self-consistency", {"budget": -2})
+
+
+def test_metrics_move_with_programs(server):
+    def total(name, **labels):
+        return sum(v for k, v in metric_values(server, name).items() if all(f'{a}="{b}"' in k for a, b in labels.items()))
+
+    before_programs = total("dynasor_programs_total", program="self-consistency")
+    before_hist = total("dynasor_program_certaindex_at_stop_count", program="self-consistency")
+    before_tokens = total("dynasor_program_tokens_used_total", program="self-consistency")
+    before_invalid = total("dynasor_programs_total", stop_reason="invalid")
+    before_deadline = total("dynasor_program_deadline_total")
+    result = sc(server, budget=2, round_size=2, deadline_s=600)
+    with pytest.raises(ProgramError):
+        sc(server, budget=-1)
+    assert total("dynasor_programs_total", program="self-consistency") == before_programs + 1
+    assert total("dynasor_program_certaindex_at_stop_count", program="self-consistency") == before_hist + 1
+    assert total("dynasor_program_tokens_used_total", program="self-consistency") == before_tokens + result.tokens_used
+    assert total("dynasor_programs_total", stop_reason="invalid") == before_invalid + 1
+    assert total("dynasor_program_deadline_total", outcome="met") == before_deadline + 1
+    assert total("dynasor_programs_in_flight") == 0
