@@ -11,7 +11,7 @@ demo: setup
 	$(PY) -m client.demo
 
 test: setup
-	$(PY) -m pytest tests -v -p no:cacheprovider --durations=15
+	$(PY) -m pytest tests/unit tests/integration -v -p no:cacheprovider --durations=15
 
 unit: setup
 	$(PY) -m pytest tests/unit -q -p no:cacheprovider
@@ -21,6 +21,9 @@ serve: setup
 
 bench-policy: setup
 	$(PY) -m client.bench_policy
+
+bench-dynasor: setup
+	$(PY) -m client.bench_dynasor
 
 bench-scheduler: setup
 	$(PY) -m scheduler_backend.bench_scheduler

@@ -46,7 +46,7 @@ def test_a_strict_threshold_uses_fewer_samples_than_threshold_one(server):
 
 @pytest.mark.parametrize("program, options", [
     ("rebase", {"budget": 4, "width": 2, "max_depth": 2, "max_tokens": 32}),
-    ("mcts", {"budget": 2, "children": 2, "max_tokens": 32}),
+    ("mcts", {"budget": 2, "children": 2, "max_tokens": 32, "rollout_tokens": 48}),
     ("cot-probe", {"budget": 3, "chunk_tokens": 24, "window": 2}),
 ])
 def test_every_program_type_completes(server, program, options):

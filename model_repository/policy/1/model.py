@@ -94,13 +94,20 @@ class TritonPythonModel:
             self._metrics.unfinished.set(engine.get_num_unfinished_requests())
             self._metrics.in_flight.set(len(self._in_flight))
             if engine.errored:
-                await self._replace_dead_engine(engine)
+                self._engine_died(engine)
 
-    async def _replace_dead_engine(self, engine) -> None:
+    def _engine_died(self, engine) -> None:
+        """The first to notice a dead engine counts it and starts its replacement; later ones no-op,
+        so the in-flight request that saw EngineDeadError and the watcher agree on one death."""
+        if self._engine is not engine:
+            return
         self.logger.log_error("[policy] vLLM engine died")
         self._engine = None
         self._engine_ready.clear()
         self._metrics.engine_deaths.increment(1)
+        asyncio.ensure_future(self._replace_dead_engine(engine))
+
+    async def _replace_dead_engine(self, engine) -> None:
         engine.shutdown()
         if not self.restart_dead_engine:
             pb_utils.unload_model(self.model_config["name"])
@@ -186,6 +193,7 @@ class TritonPythonModel:
             self._metrics.count_request("aborted")
             _send_error(sender, "request was cancelled", pb_utils.TritonError.CANCELLED)
         except EngineDeadError as e:
+            self._engine_died(engine)
             self._metrics.count_request("engine_dead")
             _send_error(sender, f"policy engine died while serving this request: {e}", pb_utils.TritonError.UNAVAILABLE)
         except ValueError as e:

@@ -1,0 +1,312 @@
+"""Final answers: pulled out of model text, put in canonical form, and compared by value, so that
+programs vote on what the samples mean rather than on how they spell it."""
+from __future__ import annotations
+
+import ctypes
+import functools
+import math
+import re
+import threading
+from collections.abc import Sequence
+from decimal import Decimal
+from fractions import Fraction
+
+ANSWER_FORMATS: tuple[str, ...] = ("auto", "gsm8k", "boxed", "answer-is", "number")
+
+_BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_ANSWER_IS_RE = re.compile(r"the\s+answer\s+is|final\s+answer\s+is|final\s+answer\s*:", re.IGNORECASE)
+_NUMBER_RE = re.compile(r"(?<![\w.])-?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?|\.\d+)")
+
+
+def _closing_brace(text: str, start: int) -> int | None:
+    """Index of the `}` closing a group opened just before `start`; escaped `\\{ \\}` are literal."""
+    depth, i = 1, start
+    while i < len(text):
+        depth += (text[i] == "{") - (text[i] == "}")
+        if depth == 0:
+            return i
+        i += 2 if text[i] == "\\" else 1
+    return None
+
+
+def _boxed(text: str) -> str | None:
+    for m in reversed(list(_BOXED_RE.finditer(text))):
+        end = _closing_brace(text, m.end())
+        if end is not None and text[m.end():end].strip():
+            return text[m.end():end].strip()
+    return None
+
+
+def _gsm8k(text: str) -> str | None:
+    lines = text.rpartition("####")[2].strip().splitlines() if "####" in text else []
+    return (lines[0].strip() or None) if lines else None
+
+
+def _answer_is(text: str) -> str | None:
+    matches = list(_ANSWER_IS_RE.finditer(text))
+    if not matches:
+        return None
+    rest = re.sub(r"^[\s:*]*", "", text[matches[-1].end():])
+    rest = re.split(r"\.\s", rest.split("\n")[0])[0]
+    if (boxed := _boxed(rest)) is not None:
+        return boxed
+    rest = re.sub(r"^\\[(\[]|\\[)\]]$", "", rest.lstrip(" \t$*").rstrip(" \t$*.")).strip(" \t$*")
+    return rest or None
+
+
+def _last_number(text: str) -> str | None:
+    numbers = _NUMBER_RE.findall(text)
+    return numbers[-1].replace(",", "") if numbers else None
+
+
+_EXTRACTORS = {"boxed": _boxed, "gsm8k": _gsm8k, "answer-is": _answer_is, "number": _last_number}
+
+
+def extract_answer(text: str, fmt: str = "auto") -> str | None:
+    """The final answer as the task's format writes it; `auto` tries the most explicit markers first."""
+    if fmt == "auto":
+        return next((a for f in ("boxed", "gsm8k", "answer-is", "number") if (a := _EXTRACTORS[f](text))), None)
+    if fmt not in _EXTRACTORS:
+        raise ValueError(f"unknown answer_format {fmt!r}; expected one of {ANSWER_FORMATS}")
+    return _EXTRACTORS[fmt](text)
+
+
+def extract_probe_answer(text: str) -> str | None:
+    """A probe's prompt already opened `\\boxed{`, so its answer ends at the first unmatched `}`."""
+    end = _closing_brace(text, 0)
+    return (text[:end].strip() or None) if end is not None else None
+
+
+_TEXT_CMD_RE = re.compile(r"\\(?:text|textbf|textit|textrm|mbox|mathrm|mathbf|operatorname)\s*\{([^{}]*)\}")
+_DROP_RE = re.compile(
+    r"\\left(?![a-zA-Z])|\\right(?![a-zA-Z])|(?<!\\)\\[!,;:]|\\displaystyle|\^\s*\{?\s*\\circ\s*\}?|\\circ|°|\\?[$%]"
+)
+_FRAC_ARG = r"(\d|\{\d+\})"
+_UNIT_RE = re.compile(rf"^(-?(?:\d[\d,]*(?:\.\d*)?|\.\d+)|-?\\frac{_FRAC_ARG}{_FRAC_ARG})"
+                      r"\s+[a-zA-Z]{2,}\.?(?:\s+[a-zA-Z]+\.?)*(?:\^\{?\d\}?)?$")
+_SPACE_RE = re.compile(r"(\\[a-zA-Z]+)\s+(?=[a-zA-Z])|\s+")
+
+
+def normalize_answer(ans: str) -> str:
+    """One spelling per value for the common cases, so most comparisons are plain string equality."""
+    s = ans.strip()
+    while (t := _TEXT_CMD_RE.sub(r"\1", s)) != s:
+        s = t
+    s = _DROP_RE.sub("", s).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").strip().rstrip(".").strip()
+    if s.count("=") == 1:
+        s = re.sub(r"^[a-zA-Z]\s*=\s*", "", s)
+    s = re.sub(r"^[a-zA-Z]\s*\\in\s*", "", s)
+    s = _UNIT_RE.sub(lambda m: m.group(1), s)
+    s = _SPACE_RE.sub(lambda m: m.group(1) + " " if m.group(1) else "", s)
+    if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d*)?", s):
+        s = s.replace(",", "")
+    if re.fullmatch(r"-?(?:\d+\.?\d*|\.\d+)", s):
+        s = format(Decimal(s).normalize(), "f")
+    return s
+
+
+def _to_number(s: str) -> Fraction | None:
+    """Exact value of a plain number, `a/b`, `\\frac{a}{b}` or mixed number `1\\frac{4}{5}`."""
+    if m := re.fullmatch(r"(-?(?:\d+\.?\d*|\.\d+))(?:/(\d+))?", s):
+        den = int(m.group(2) or 1)
+        return Fraction(m.group(1)) / den if den else None
+    if (m := re.fullmatch(rf"(-?)(\d*)\\frac{_FRAC_ARG}{_FRAC_ARG}", s)) and int(m.group(4).strip("{}")):
+        value = int(m.group(2) or 0) + Fraction(int(m.group(3).strip("{}")), int(m.group(4).strip("{}")))
+        return -value if m.group(1) else value
+    return None
+
+
+def _split_top(s: str, sep: str) -> list[str]:
+    """`s` split at the `sep`s outside any bracket."""
+    parts, depth, start, i = [], 0, 0, 0
+    while i < len(s):
+        if depth == 0 and s.startswith(sep, i):
+            parts.append(s[start:i])
+            start = i = i + len(sep)
+            continue
+        depth += (s[i] in "([{") - (s[i] in ")]}")
+        i += 1
+    return parts + [s[start:]]
+
+
+def _bracketed(s: str) -> bool:
+    """Whether the bracket opening `s` is the one closing it, as in `(a, b]` but not `(a)(b)`."""
+    depth = 0
+    for i, c in enumerate(s):
+        depth += (c in "([{") - (c in ")]}")
+        if depth == 0:
+            return i == len(s) - 1 and s[0] in "([" and s[-1] in ")]"
+    return False
+
+
+def _compound(s: str) -> tuple[str, list[str]] | None:
+    """(kind, elements) for tuples, intervals, sets, unions, lists and matrices; None for one value."""
+    if m := re.fullmatch(r"\\begin\{([pbv]?matrix)\}(.*)\\end\{\1\}", s, re.DOTALL):
+        return "matrix", [e for row in _split_top(m.group(2), "\\\\") for e in _split_top(row, "&")]
+    if len(parts := _split_top(s, "\\cup")) > 1:
+        return "cup", parts
+    if s.startswith("\\{") and s.endswith("\\}"):
+        return "set", _split_top(s[2:-2], ",")
+    if _bracketed(s) and len(parts := _split_top(s[1:-1], ",")) > 1:
+        return s[0] + s[-1], parts
+    return ("list", parts) if len(parts := _split_top(s, ",")) > 1 else None
+
+
+_COMMANDS = {"pi": " pi ", "infty": " oo ", "cdot": "*", "times": "*", "div": "/", "ln": " log ",
+             **{f: f" {f} " for f in ("log", "exp", "sin", "cos", "tan", "cot", "sec", "csc")}}
+_NAMES = frozenset(name.strip() for name in _COMMANDS.values() if name.strip().isalpha())
+
+
+def _arg(s: str, i: int) -> tuple[str, int]:
+    """The argument starting at s[i]: a braced group, a command such as `\\pi`, or one character."""
+    i = len(s) - len(s[i:].lstrip())
+    if i < len(s) and s[i] == "{" and (end := _closing_brace(s, i + 1)) is not None:
+        return s[i + 1:end], end + 1
+    if i >= len(s) or s[i] == "{":
+        raise ValueError(f"missing argument in {s!r}")
+    m = re.match(r"\\[a-zA-Z]+|.", s[i:])
+    return m.group(), i + len(m.group())
+
+
+def _to_python(s: str) -> str:
+    """Python source for the LaTeX subset answers use: fractions, roots, powers, \\pi, \\cdot."""
+    out, i = [], 0
+    while i < len(s):
+        if not (m := re.match(r"\\([a-zA-Z]+)|[^\\]", s[i:])) or m.group(1) not in (None, "frac", "sqrt", *_COMMANDS):
+            raise ValueError(f"unsupported LaTeX at {s[i:]!r}")
+        i += len(m.group())
+        if m.group(1) == "frac":
+            num, i = _arg(s, i)
+            den, i = _arg(s, i)
+            out.append(f"(({_to_python(num)})/({_to_python(den)}))")
+        elif m.group(1) == "sqrt":
+            root = "2"
+            if s.startswith("[", i):
+                root, i = _to_python(s[i + 1:s.index("]", i)]), s.index("]", i) + 1
+            body, i = _arg(s, i)
+            out.append(f"(({_to_python(body)})**(1/({root})))")
+        elif m.group(1):
+            out.append(_COMMANDS[m.group(1)])
+        elif m.group() == "^":
+            exponent, i = _arg(s, i)
+            out.append(f"**({_to_python(exponent)})")
+        else:
+            out.append({"{": "(", "}": ")"}.get(m.group(), m.group()))
+    return "".join(out)
+
+
+@functools.cache
+def _sympy():
+    """sympy, imported on first use (it takes a second) and never inside a deadline."""
+    import sympy
+    from sympy.parsing.sympy_parser import implicit_multiplication_application, parse_expr, standard_transformations
+
+    symbols = {c: sympy.Symbol(c) for c in "abcdfghjklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"}
+    symbols.update(i=sympy.I, e=sympy.E)
+    return sympy, functools.partial(parse_expr, local_dict=symbols,
+                                    transformations=standard_transformations + (implicit_multiplication_application,))
+
+
+def _magnitude(expr) -> float:
+    """Bound on log10 |value|: big-integer powers hold the GIL, so no timeout could stop them."""
+    if expr.is_Number:
+        return math.log10(abs(expr.p) + 1) if expr.is_Integer else math.log10(abs(float(expr)) + 1)
+    if expr.is_Pow:
+        return _magnitude(expr.base) * 10 ** min(_magnitude(expr.exp), 300)
+    if expr.is_Mul:
+        return sum(_magnitude(a) for a in expr.args)
+    return max((_magnitude(a) for a in expr.args), default=1.0) + 1
+
+
+def _parse(s: str):
+    """sympy expression for `s`; the source is checked to hold only arithmetic before parse_expr evals it."""
+    source = re.sub(r"(?<![a-zA-Z])(?!pi|oo)([a-zA-Z])([a-zA-Z])(?![a-zA-Z])", r"\1*\2", _to_python(s))
+    if (not re.fullmatch(r"[0-9a-zA-Z+\-*/().\s]*", source) or set(re.findall(r"[a-zA-Z]{3,}", source)) - _NAMES
+            or re.search(r"[a-zA-Z)]\s*\.|\.\s*[a-zA-Z(]", source)):
+        raise ValueError(f"not plain arithmetic: {source!r}")
+    _, parse = _sympy()
+    if _magnitude(parse(source, evaluate=False)) > 1e5:
+        raise ValueError(f"too large to evaluate: {source!r}")
+    return parse(source)
+
+
+def _sympy_equal(a: str, b: str) -> bool:
+    sympy, _ = _sympy()
+    x, y = _parse(a), _parse(b)
+    if any(e.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo) for e in (x, y)):
+        return False
+    diff = x - y
+    if diff == 0 or sympy.simplify(diff) == 0:
+        return True
+    return not diff.free_symbols and bool(abs(sympy.N(diff)) <= 1e-6 * max(abs(sympy.N(x)), abs(sympy.N(y))))
+
+
+def _equal_normalized(a: str, b: str) -> bool:
+    """Value equality of normalized answers: numbers exactly, compounds element-wise, else sympy."""
+    x, y = _to_number(a), _to_number(b)
+    if a == b or (x is not None and y is not None):
+        return a == b or x == y or abs(x - y) <= Fraction(1, 10**6) * max(abs(x), abs(y))
+    ca, cb = _compound(a), _compound(b)
+    if ca is not None or cb is not None:
+        return (ca is not None and cb is not None and ca[0] == cb[0] and len(ca[1]) == len(cb[1])
+                and all(_equal_normalized(p, q) for p, q in zip(ca[1], cb[1])))
+    return _sympy_equal(a, b)
+
+
+def _within_deadline(timeout_s: float, a: str, b: str) -> bool:
+    """Compare in a thread; past the deadline, stop it by raising TimeoutError inside it (no signals)."""
+    result: list[bool] = []
+
+    def work() -> None:
+        try:
+            result.append(_equal_normalized(a, b))
+        except Exception:
+            pass
+
+    _sympy()
+    worker = threading.Thread(target=work, name="answers-equal", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(worker.ident), ctypes.py_object(TimeoutError))
+    return bool(result) and result[0]
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _cached_equal(a: str, b: str, timeout_s: float) -> bool:
+    if a == b or (_to_number(a) is not None and _to_number(b) is not None):
+        return _equal_normalized(a, b)
+    return _within_deadline(timeout_s, a, b)
+
+
+def answers_equal(a: str | None, b: str | None, timeout_s: float = 1.0) -> bool:
+    """Same value, however written; None (no answer) never equals anything, not even None."""
+    if a is None or b is None:
+        return False
+    return _cached_equal(*sorted((normalize_answer(a), normalize_answer(b))), timeout_s)
+
+
+def cluster_answers(answers: Sequence[str | None]) -> list[list[int]]:
+    """Indices grouped by equal answer, largest group first; each answer is tested against group heads."""
+    clusters: list[list[int]] = []
+    for i, ans in enumerate(answers):
+        if ans is None:
+            continue
+        home = next((c for c in clusters if answers_equal(answers[c[0]], ans)), None)
+        if home is None:
+            clusters.append([i])
+        else:
+            home.append(i)
+    return sorted(clusters, key=lambda c: (-len(c), c[0]))
+
+
+def majority_answer(answers: Sequence[str | None], weights: Sequence[float] | None = None) -> tuple[str | None, float]:
+    """The heaviest cluster's answer and its share of all weight, missing answers included."""
+    weights = [1.0] * len(answers) if weights is None else list(weights)
+    if len(weights) != len(answers):
+        raise ValueError(f"{len(answers)} answers but {len(weights)} weights")
+    clusters, total = cluster_answers(answers), sum(weights)
+    if not clusters:
+        return None, 0.0
+    best = max(clusters, key=lambda c: sum(weights[i] for i in c))
+    return answers[best[0]], (sum(weights[i] for i in best) / total if total > 0 else 0.0)

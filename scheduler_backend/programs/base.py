@@ -1,0 +1,74 @@
+"""What the built-in programs share: an allocation policy consulted at detection points, the
+solve-step-by-step prompt, and how a reasoning step is told to end the solution."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from scheduler_backend.allocation import AllocationPolicy, Verdict
+from scheduler_backend.answers import extract_answer
+from scheduler_backend.engine import ChatMessage, SamplingSpec
+from scheduler_backend.program import ReasoningProgram, StopReason
+
+SYSTEM_PROMPT = "Solve the following problem step by step. Put the final answer in \\boxed{}."
+STEP_SEPARATOR = "\n\n"
+# Formats with an explicit "this is the final answer" marker; a bare number ends nothing.
+_MARKER_FORMATS = ("boxed", "gsm8k", "answer-is")
+
+
+class PolicyProgram(ReasoningProgram):
+    """A program whose stopping (beyond its cap and its natural end) is the policy's call."""
+
+    def __init__(self, question: str, budget: int, policy: AllocationPolicy):
+        super().__init__(question, budget)
+        self.policy = policy
+
+    def _consult(self, natural_end: bool = False, capped: bool | None = None) -> None:
+        """A detection point: stop if the algorithm ended, the policy says so, or the cap is spent
+        (`capped` overrides steps >= budget for programs still waiting on work that counts)."""
+        if natural_end:
+            self._finish(StopReason.FINISHED)
+            return
+        verdict = self.policy.verdict(self.certaindex(), self.steps_used(), self.budget)
+        if verdict is Verdict.SETTLED:
+            self._finish(StopReason.SETTLED)
+        elif verdict is Verdict.HOPELESS:
+            self._finish(StopReason.HOPELESS)
+        elif self.steps_used() >= self.budget if capped is None else capped:
+            self._finish(StopReason.CAP)
+
+    def predicted_remaining(self) -> float:
+        if self.done:
+            return 0.0
+        return float(self.policy.predicted_remaining(self.certaindex(), self.steps_used(), self.budget))
+
+
+def sampling_from(options: Mapping[str, Any]) -> SamplingSpec:
+    """The sampling options every program takes (max_tokens only where the program has it)."""
+    return SamplingSpec(max_tokens=options.get("max_tokens", 1), temperature=options["temperature"],
+                        top_p=options["top_p"])
+
+
+def require_positive(**values: float) -> None:
+    """Constructor checks whose messages name the field, as the registry's do."""
+    for name, value in values.items():
+        if not value > 0:
+            raise ValueError(f"{name}: must be > 0, got {value}")
+
+
+def solve_messages(question: str, partial: str = "") -> tuple[ChatMessage, ...]:
+    """The chat for solving `question`; a non-empty `partial` solution is continued by the engine."""
+    messages = (ChatMessage("system", SYSTEM_PROMPT), ChatMessage("user", question))
+    return messages + (ChatMessage("assistant", partial),) if partial else messages
+
+
+def ends_solution(step: str, finish_reason: str | None) -> bool:
+    """A step ends the solution when it states a final answer, or when the model had nothing more
+    to say (an empty step: the engine does not report whether EOS or the stop string ended it)."""
+    if finish_reason == "stop" and not step.strip():
+        return True
+    return any(extract_answer(step, fmt) is not None for fmt in _MARKER_FORMATS)
+
+
+def extend(partial: str, step: str, finish_reason: str | None) -> str:
+    """The partial solution after `step`; a step cut by its stop string gets the separator back."""
+    return partial + step + (STEP_SEPARATOR if finish_reason == "stop" else "")

@@ -1,0 +1,74 @@
+"""Self-consistency: sample whole solutions in rounds and return the majority answer. Certaindex is
+the agreement of the answers so far (1 - H/log n), consulted after every round, so easy questions
+stop after the first round and hopeless ones are cut."""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Mapping
+
+from scheduler_backend.allocation import AllocationPolicy
+from scheduler_backend.answers import cluster_answers, extract_answer, majority_answer
+from scheduler_backend.certaindex import entropy_certaindex
+from scheduler_backend.engine import SamplingSpec
+from scheduler_backend.program import GenerateStep, Step, StepResult
+from scheduler_backend.programs.base import PolicyProgram, require_positive, sampling_from, solve_messages
+
+
+class SelfConsistency(PolicyProgram):
+    """Knob: samples; `budget` is the most samples. The first round is `first_round` samples (the
+    policy's detection step, so the first verdict sees enough answers), later ones `round_size`."""
+
+    name = "self-consistency"
+
+    def __init__(self, question: str, budget: int, policy: AllocationPolicy, *, sampling: SamplingSpec,
+                 round_size: int = 4, first_round: int | None = None, answer_format: str = "auto"):
+        super().__init__(question, budget, policy)
+        require_positive(round_size=round_size)
+        self.sampling = sampling
+        self.round_size = round_size
+        self.first_round = first_round or round_size
+        self.answer_format = answer_format
+        self.answers: list[str | None] = []
+        self._issued = 0
+        self._rounds = 0
+        self._waiting = False
+
+    @classmethod
+    def from_options(cls, question: str, o: Mapping[str, Any], policy: AllocationPolicy) -> SelfConsistency:
+        """From registry-validated options; the first round is the policy's detection step."""
+        return cls(question, o["budget"], policy, sampling=sampling_from(o), round_size=o["round_size"],
+                   first_round=getattr(policy, "detect_step", None), answer_format=o["answer_format"])
+
+    def next_steps(self) -> list[Step]:
+        if self.done or self._waiting:
+            return []
+        size = min(self.first_round if self._rounds == 0 else self.round_size, self.budget - self._issued)
+        if size < 1:
+            return []
+        self._issued += size
+        self._rounds += 1
+        self._waiting = True
+        return [GenerateStep(key=f"round{self._rounds}", sampling=replace(self.sampling, n=size),
+                             messages=solve_messages(self.question))]
+
+    def _absorb(self, result: StepResult) -> None:
+        self._waiting = False
+        self.answers.extend(extract_answer(s.text, self.answer_format) for s in result.samples)
+        self._issued = len(self.answers)  # samples the engine did not return are not spent
+        self._consult()
+
+    def certaindex(self) -> float:
+        return entropy_certaindex(self.answers)
+
+    def best_answer(self) -> str | None:
+        return majority_answer(self.answers)[0]
+
+    def steps_used(self) -> int:
+        return len(self.answers)
+
+    def extra_state(self) -> dict[str, Any]:
+        clusters = cluster_answers(self.answers)
+        return {
+            "clusters": [{"answer": self.answers[group[0]], "size": len(group)} for group in clusters],
+            "no_answer": sum(a is None for a in self.answers),
+        }

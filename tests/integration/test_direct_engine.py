@@ -1,0 +1,45 @@
+"""Self-consistency and the trace recorder through the direct vLLM engine (no Triton), on the
+real small model: the path traces and benchmarks take."""
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from client.launcher import MODELS_DIR
+from scheduler_backend.registry import create
+from scheduler_backend.runner import ProgramRunner
+from scheduler_backend.scheduler import Scheduler
+from scheduler_backend.traces import record
+from tests.conftest import TEST_MODEL
+
+pytestmark = pytest.mark.integration
+
+QUESTION = "Tom has 3 apples and buys 5 more. How many apples does he have now?"
+
+
+def test_self_consistency_and_trace_recording_on_the_direct_vllm_engine(monkeypatch):
+    from scheduler_backend.vllm_engine import VllmEngine
+
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"))  # pitfall 6
+
+    async def go():
+        async with VllmEngine(str(MODELS_DIR / TEST_MODEL), enforce_eager=True) as engine:
+            runner = ProgramRunner(engine, Scheduler())
+            program = create("self-consistency", QUESTION, {"budget": 4, "round_size": 2, "max_tokens": 64,
+                                                             "answer_format": "number"})
+            state = await runner.run("sc", program)
+            traces = await record(engine, "self-consistency", [{"question": QUESTION, "gold": "8"}],
+                                  {"budget": 4, "round_size": 2, "max_tokens": 32})
+            return state, traces
+
+    state, traces = asyncio.run(go())
+    assert state.done and state.stop_reason.value in ("settled", "cap")
+    assert state.answer is not None, "the number format always finds a number in SmolLM's text"
+    assert 0.0 <= state.certaindex <= 1.0
+    assert 2 <= state.steps <= 4 and state.tokens_used > 0
+    (trace,) = traces
+    assert [h["steps"] for h in trace["history"]] == [2, 4], "recording runs to the cap, one entry per round"
+    assert trace["history"][-1]["tokens_used"] > trace["history"][0]["tokens_used"] > 0
+    assert isinstance(trace["correct"], bool)

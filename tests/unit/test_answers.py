@@ -1,0 +1,189 @@
+"""Answer extraction and equivalence, checked on the real benchmark answer formats."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from scheduler_backend.answers import (
+    ANSWER_FORMATS,
+    answers_equal,
+    cluster_answers,
+    extract_answer,
+    extract_probe_answer,
+    majority_answer,
+    normalize_answer,
+)
+
+DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def _records(name: str) -> list[dict]:
+    path = DATA_DIR / name / "test.jsonl"
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: the benchmark data must sit beside the repository in shared/data")
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _gsm8k_key(record: dict) -> str:
+    return record["answer"].rsplit("####", 1)[1].strip().replace(",", "")
+
+
+def test_gsm8k_first_200_extract_the_number_after_the_marker():
+    records = _records("gsm8k")[:200]
+    got = [normalize_answer(extract_answer(r["answer"], "gsm8k")) for r in records]
+    assert got == [_gsm8k_key(r) for r in records]
+    assert got == [normalize_answer(extract_answer(r["answer"])) for r in records]  # auto falls back to ####
+
+
+def test_gsm8k_comma_answers_lose_their_commas():
+    with_commas = [r for r in _records("gsm8k") if "," in r["answer"].rsplit("####", 1)[1]]
+    assert len(with_commas) == 14
+    for r in with_commas:
+        extracted = extract_answer(r["answer"], "gsm8k")
+        assert "," in extracted
+        assert normalize_answer(extracted) == _gsm8k_key(r)
+        assert answers_equal(extracted, _gsm8k_key(r))
+
+
+def test_math500_boxed_solutions_equal_the_reference_answers():
+    records = _records("math500")
+    assert len(records) == 500
+    misses = [(extract_answer(r["solution"], "boxed"), r["answer"]) for r in records
+              if not answers_equal(extract_answer(r["solution"], "boxed"), r["answer"])]
+    rate = 1 - len(misses) / len(records)
+    print(f"MATH-500 boxed extraction agrees with the reference answer for {rate:.1%}; misses: {misses}")
+    assert rate >= 0.97, misses
+
+
+def test_aime_zero_padded_answers_equal_plain_integers():
+    records = _records("aime24")
+    assert len(records) == 30
+    for r in records:
+        assert len(r["answer"]) == 3
+        assert normalize_answer(r["answer"]) == str(int(r["answer"]))
+        assert answers_equal(r["answer"], str(int(r["answer"])))
+    assert answers_equal("025", "25") and normalize_answer("025") == "25"
+
+
+@pytest.mark.parametrize("text, fmt, expected", [
+    ("so $x = \\boxed{\\frac{1}{2}}$.", "boxed", "\\frac{1}{2}"),
+    ("first \\boxed{3}, then \\boxed{ \\{1, 2\\} }", "boxed", "\\{1, 2\\}"),
+    ("\\fbox{7} and a cut-off \\boxed{\\frac{1}{", "boxed", "7"),
+    ("no box here", "boxed", None),
+    ("48/2 = 24\n#### 1,024\n", "gsm8k", "1,024"),
+    ("#### ", "gsm8k", None),
+    ("Final Answer: The final answer is $\\frac{1}{2}$. I hope it is correct.", "answer-is", "\\frac{1}{2}"),
+    ("**Final Answer:** 42", "answer-is", "42"),
+    ("Thus THE ANSWER IS \\boxed{9}.", "answer-is", "9"),
+    ("the answer is 3.5.", "answer-is", "3.5"),
+    ("it costs $1,234.50, not 17", "number", "17"),
+    ("it costs $1,234.50", "number", "1234.50"),
+    ("so x - 7 = 0 and x is -7", "number", "-7"),
+    ("three quarters: 3/4", "number", "3/4"),
+    ("no digits at all", "number", None),
+    ("#### 5 but \\boxed{6}", "auto", "6"),
+    ("So the answer is 12. Check: 3 * 4 = 12", "auto", "12"),
+    ("we get 8 apples", "auto", "8"),
+    ("nothing", "auto", None),
+])
+def test_extract_answer(text, fmt, expected):
+    assert extract_answer(text, fmt) == expected
+
+
+def test_unknown_format_names_the_setting():
+    assert set(ANSWER_FORMATS) == {"auto", "gsm8k", "boxed", "answer-is", "number"}
+    with pytest.raises(ValueError, match="answer_format"):
+        extract_answer("42", "latex")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("42} because", "42"),
+    ("\\frac{1}{2}} and then more }", "\\frac{1}{2}"),
+    ("\\{1, 2\\}}", "\\{1, 2\\}"),
+    ("\\frac{1}{2", None),
+    ("still thinking", None),
+    ("  }", None),
+])
+def test_extract_probe_answer_stops_at_the_first_unmatched_brace(text, expected):
+    assert extract_probe_answer(text) == expected
+
+
+@pytest.mark.parametrize("raw, expected", [
+    (" $18$ ", "18"), ("\\$18.90", "18.9"), ("18 dollars", "18"), ("18 cm", "18"), ("15\\mbox{ cm}^2", "15"),
+    ("1,000", "1000"), ("11,\\! 111,\\! 111,\\! 100", "11111111100"), ("50%", "50"), ("50\\%", "50"),
+    ("90^\\circ", "90"), ("\\text{Evelyn}", "Evelyn"), ("\\dfrac{1}{2}", "\\frac{1}{2}"), ("\\tfrac12", "\\frac12"),
+    ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})"), ("025", "25"), ("5.0", "5"), ("0.50", "0.5"),
+    ("7.", "7"), ("x = 5", "5"), ("\\cot x", "\\cot x"), ("(2,12) \\cup (12,102)", "(2,12)\\cup(12,102)"),
+])
+def test_normalize_answer(raw, expected):
+    assert normalize_answer(raw) == expected
+
+
+@pytest.mark.parametrize("a, b", [
+    ("1,000", "1000"), ("$18", "18"), ("18 dollars", "18"), ("0.5", "1/2"), ("1/2", "\\frac{1}{2}"),
+    ("\\frac{1}{2}", "\\dfrac12"), ("50%", "50"), ("\\sqrt{8}", "2\\sqrt{2}"),
+    ("(3, \\frac{\\pi}{2})", "\\left( 3, \\frac{\\pi}{2} \\right)"), ("1\\frac{4}{5}", "9/5"),
+    ("0.333333333", "\\frac{1}{3}"), ("\\frac{\\sqrt{2}}{2}", "0.70710678"), ("(x+1)^2", "x^2 + 2x + 1"),
+    ("-2 + 7i", "7i - 2"), ("\\cot x", "\\frac{\\cos x}{\\sin x}"), ("\\sqrt[3]{8}", "2"),
+    ("\\left[ \\frac{\\pi^2}{8}, \\frac{5 \\pi^2}{4} \\right]", "[\\pi^2/8, 5\\pi^2/4]"),
+    ("\\begin{pmatrix} 1/5 \\\\ -18/5 \\end{pmatrix}", "\\begin{pmatrix} \\frac{1}{5} \\\\ -\\frac{18}{5} \\end{pmatrix}"),
+    ("(-\\infty, 2) \\cup (3, \\infty)", "(-\\infty,2)\\cup(3,\\infty)"),
+])
+def test_equal_answers(a, b):
+    assert answers_equal(a, b)
+    assert answers_equal(b, a)
+
+
+@pytest.mark.parametrize("a, b", [
+    ("3", "4"), ("0.5", "0.51"), ("\\sqrt{8}", "3\\sqrt{2}"), ("(3, 4)", "(4, 3)"), ("[2, 7]", "(2, 7)"),
+    ("(1, 2)", "(1, 2, 3)"), ("\\frac{1}{0}", "0"), ("\\text{east}", "\\text{tesa}"), ("x + 1", "x + 2"),
+    ("\\text{(B)}", "\\text{(C)}"),
+])
+def test_different_answers(a, b):
+    assert not answers_equal(a, b)
+
+
+def test_none_never_equals_anything():
+    assert not answers_equal(None, None)
+    assert not answers_equal(None, "3")
+    assert not answers_equal("3", None)
+
+
+def test_pathological_comparison_gives_up_in_time_and_stops_its_worker():
+    assert answers_equal("\\sqrt{8}", "2\\sqrt{2}")  # sympy is imported outside any deadline
+    start = time.monotonic()
+    assert not answers_equal("(x+y+z+1)^{40}", "(x+y+z+2)^{40}", timeout_s=0.3)
+    assert time.monotonic() - start < 0.3 + 0.5
+    deadline = time.monotonic() + 2.0
+    while any(t.name == "answers-equal" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not any(t.name == "answers-equal" for t in threading.enumerate())
+
+
+def test_huge_powers_are_refused_not_computed():
+    start = time.monotonic()
+    assert not answers_equal("2^{2^{2^{100}}}", "3")
+    assert not answers_equal("(10^{999})^{999}", "7")
+    assert time.monotonic() - start < 1.0
+
+
+def test_cluster_answers_groups_equal_values_largest_first():
+    answers = ["7", "1/2", "0.5", None, "3", "\\frac12", "3.0", None]
+    assert cluster_answers(answers) == [[1, 2, 5], [4, 6], [0]]
+    assert cluster_answers(["b", "a", "a", "b"]) == [[0, 3], [1, 2]]
+    assert cluster_answers([None, None]) == []
+    assert cluster_answers([]) == []
+
+
+def test_majority_answer_counts_missing_answers_in_the_total():
+    assert majority_answer(["5", "5.0", "6", None]) == ("5", 0.5)
+    assert majority_answer(["5", "6", "6"], weights=[3.0, 1.0, 1.0]) == ("5", 0.6)
+    assert majority_answer([None, None]) == (None, 0.0)
+    assert majority_answer([]) == (None, 0.0)
+    assert majority_answer(["5"], weights=[0.0]) == ("5", 0.0)
+    with pytest.raises(ValueError):
+        majority_answer(["5", "6"], weights=[1.0])

@@ -1,0 +1,116 @@
+"""The async driver on the scripted engine: stops, deadlines, cancellation, engine errors,
+admission order and priorities."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+from scheduler_backend.program import StopReason
+from scheduler_backend.registry import create
+from scheduler_backend.runner import ProgramRunner
+from scheduler_backend.scheduler import Scheduler
+from scheduler_backend.scripted_engine import ScriptedEngine
+
+AGREE = ScriptedEngine(lambda call, i: "so the answer is \\boxed{8}")
+
+
+def differing(delay_s: float = 0.0) -> ScriptedEngine:
+    counter = iter(range(10**6))
+    return ScriptedEngine(lambda call, i: f"\\boxed{{{next(counter)}}}", delay_s=delay_s)
+
+
+def sc(budget: int = 8, **options):
+    return create("self-consistency", "What is 3 + 5?", {"budget": budget, "round_size": 2, "detect_step": 2, **options})
+
+
+def test_a_settled_program_stops_early_and_reports_progress():
+    seen = []
+    state = asyncio.run(ProgramRunner(AGREE, Scheduler()).run("p", sc(), on_progress=seen.append))
+    assert state.stop_reason is StopReason.SETTLED and state.answer == "8"
+    assert state.steps == 2 and state.certaindex == 1.0
+    assert [s.steps for s in seen] == [2] and seen[-1].done
+    assert state.extra["latency_s"] >= 0 and "error" not in state.extra
+
+
+def test_disagreeing_program_runs_to_its_cap_one_round_at_a_time():
+    seen = []
+    state = asyncio.run(ProgramRunner(differing(), Scheduler()).run("p", sc(budget=6), on_progress=seen.append))
+    assert state.stop_reason is StopReason.CAP and state.steps == 6
+    assert [s.steps for s in seen] == [2, 4, 6]
+
+
+def test_a_deadline_returns_the_best_answer_so_far_and_aborts_engine_requests():
+    engine = differing(delay_s=0.2)
+
+    async def go():
+        t0 = time.monotonic()
+        state = await ProgramRunner(engine, Scheduler()).run("p", sc(budget=64), deadline_s=1.0)
+        return state, time.monotonic() - t0
+
+    state, elapsed = asyncio.run(go())
+    assert state.stop_reason is StopReason.DEADLINE
+    assert 1.0 <= elapsed < 1.5
+    assert state.steps >= 2 and state.answer is not None, "rounds finished before the deadline count"
+    assert engine.aborted and engine.aborted[-1] == engine.calls[-1].request_id
+
+
+def test_cancel_stops_the_program_and_aborts_its_requests():
+    engine = differing(delay_s=0.2)
+
+    async def go():
+        runner = ProgramRunner(engine, Scheduler())
+        task = asyncio.ensure_future(runner.run("p", sc(budget=64)))
+        await asyncio.sleep(0.3)
+        runner.cancel("p")
+        return await task
+
+    state = asyncio.run(go())
+    assert state.stop_reason is StopReason.CANCELLED
+    assert engine.aborted == [engine.calls[-1].request_id]
+
+
+def test_an_engine_error_stops_the_program_with_the_message():
+    engine = differing()
+    engine.fail("p:round1")
+    state = asyncio.run(ProgramRunner(engine, Scheduler()).run("p", sc()))
+    assert state.stop_reason is StopReason.ERROR and "scripted failure" in state.extra["error"]
+
+
+def test_admission_is_shortest_predicted_work_first_and_each_program_has_one_priority():
+    engine = differing(delay_s=0.01)
+
+    async def go():
+        runner = ProgramRunner(engine, Scheduler(max_running=1))
+        blocker = asyncio.ensure_future(runner.run("blocker", sc(budget=2)))
+        await asyncio.sleep(0)
+        big = asyncio.ensure_future(runner.run("big", sc(budget=32)))
+        small = asyncio.ensure_future(runner.run("small", sc(budget=4)))
+        return await asyncio.gather(blocker, big, small)
+
+    blocker, big, small = asyncio.run(go())
+    order = []
+    for call in engine.calls:
+        pid = call.request_id.split(":")[0]
+        if pid not in order:
+            order.append(pid)
+    assert order == ["blocker", "small", "big"]
+    assert small.extra["queued_s"] > 0 and big.extra["queued_s"] >= small.extra["queued_s"]
+    by_program = {}
+    for call in engine.calls:
+        by_program.setdefault(call.request_id.split(":")[0], []).append(call.priority)
+    assert by_program["small"][0] < by_program["big"][0], "less predicted work runs first in the engine"
+
+
+def test_a_program_id_cannot_run_twice():
+    async def go():
+        runner = ProgramRunner(differing(delay_s=0.05), Scheduler())
+        first = asyncio.ensure_future(runner.run("p", sc(budget=4)))
+        await asyncio.sleep(0)
+        try:
+            await runner.run("p", sc())
+        except ValueError as e:
+            await first
+            return str(e)
+        return ""
+
+    assert "already running" in asyncio.run(go())
