@@ -142,9 +142,13 @@ class TritonServer:
         self._remember_tree()
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
+            deadline = time.monotonic() + timeout_s
+            # Keep noting the tree while it winds down: an engine started during shutdown (a
+            # restart racing the unload) must be known to be stopped.
+            while self.process.poll() is None and time.monotonic() < deadline:
+                self._remember_tree()
+                time.sleep(0.2)
+            if self.process.poll() is None:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=10)
         survivors = []

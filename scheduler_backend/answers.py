@@ -218,11 +218,13 @@ def _magnitude(expr) -> float:
     return max((_magnitude(a) for a in expr.args), default=1.0) + 1
 
 
+@functools.lru_cache(maxsize=4096)
 def _parse(s: str):
     """sympy expression for `s`; the source is checked to hold only arithmetic before parse_expr evals it."""
     source = re.sub(r"(?<![a-zA-Z])(?!pi|oo)([a-zA-Z])([a-zA-Z])(?![a-zA-Z])", r"\1*\2", _to_python(s))
+    source = re.sub(r"(?<=[a-zA-Z])(?=\d)", "*", source)
     if (not re.fullmatch(r"[0-9a-zA-Z+\-*/().\s]*", source) or set(re.findall(r"[a-zA-Z]{3,}", source)) - _NAMES
-            or re.search(r"[a-zA-Z)]\s*\.|\.\s*[a-zA-Z(]", source)):
+            or re.search(r"[a-zA-Z)]\s*\.|\.\s*[a-zA-Z(]|\(\s*\)", source)):
         raise ValueError(f"not plain arithmetic: {source!r}")
     _, parse = _sympy()
     if _magnitude(parse(source, evaluate=False)) > 1e5:
@@ -235,10 +237,14 @@ def _sympy_equal(a: str, b: str) -> bool:
     x, y = _parse(a), _parse(b)
     if any(e.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo) for e in (x, y)):
         return False
-    diff = x - y
-    if diff == 0 or sympy.simplify(diff) == 0:
-        return True
-    return not diff.free_symbols and bool(abs(sympy.N(diff)) <= 1e-6 * max(abs(sympy.N(x)), abs(sympy.N(y))))
+    symbols = sorted(x.free_symbols | y.free_symbols, key=str)
+    vx, vy = (e.evalf(subs={v: sympy.Rational(k + 5, 7) for k, v in enumerate(symbols)}) for e in (x, y))
+    finite = bool(vx.is_finite and vy.is_finite)
+    if finite and abs(vx - vy) > 1e-6 * max(abs(vx), abs(vy)):
+        return False
+    if not symbols:
+        return finite
+    return sympy.simplify(x - y) == 0  # agree at a sample point: now prove it
 
 
 def _equal_normalized(a: str, b: str) -> bool:

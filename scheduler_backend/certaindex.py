@@ -13,7 +13,7 @@ _HEDGE_RE = re.compile(r"\b(?:" + "|".join(HEDGE_WORDS) + r")\b", re.IGNORECASE)
 
 
 def entropy_certaindex(answers: Sequence[str | None]) -> float:
-    """Entropy divided by its maximum log(n), so one threshold means the same at 4 samples as at 64."""
+    """Entropy over its maximum log(n), so that one threshold serves programs at any sample count."""
     n = len(answers)
     if n < 2:
         return 0.0
@@ -24,7 +24,7 @@ def entropy_certaindex(answers: Sequence[str | None]) -> float:
 
 def reward_certaindex(scores: Sequence[float]) -> float:
     """A search program is as sure as its best-scored path: the reward model already ranks the paths."""
-    return min(1.0, max(0.0, max(scores))) if len(scores) else 0.0
+    return min(1.0, max(0.0, float(max(scores)))) if len(scores) else 0.0
 
 
 def weighted_agreement(answers: Sequence[str | None], weights: Sequence[float]) -> float:

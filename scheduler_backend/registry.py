@@ -191,8 +191,10 @@ def _policy(values: Mapping[str, Any], given: Iterable[str]) -> AllocationPolicy
             raise OptionError(f"options.{clash[0]}: not used with an allocation policy object; set it there")
         try:
             return policy_from_dict(allocation)
-        except (ValueError, TypeError) as e:
+        except ValueError as e:  # its messages start with the policy's field
             raise OptionError(f"options.allocation.{e}") from None
+        except TypeError as e:
+            raise OptionError(f"options.allocation: {e}") from None
     settle, detect, hopeless, hopeless_step = (values[k] for k in _THRESHOLD_KNOBS)
     if hopeless is not None and hopeless >= settle:
         raise OptionError(f"options.hopeless_threshold: must be below settle_threshold ({settle:g}), got {hopeless:g}")

@@ -59,6 +59,14 @@ def test_math500_boxed_solutions_equal_the_reference_answers():
     assert rate >= 0.97, misses
 
 
+def test_math500_neighbouring_answers_match_only_when_they_normalize_alike():
+    """False positives on real answers: of 499 pairs of different problems' answers (174 of them reach
+    the symbolic check), exactly those that normalize alike are equal."""
+    answers = [r["answer"] for r in _records("math500")]
+    for a, b in zip(answers, answers[1:]):
+        assert answers_equal(a, b) == (normalize_answer(a) == normalize_answer(b)), (a, b)
+
+
 def test_aime_zero_padded_answers_equal_plain_integers():
     records = _records("aime24")
     assert len(records) == 30
@@ -155,13 +163,16 @@ def test_none_never_equals_anything():
 
 def test_pathological_comparison_gives_up_in_time_and_stops_its_worker():
     assert answers_equal("\\sqrt{8}", "2\\sqrt{2}")  # sympy is imported outside any deadline
+    before = set(threading.enumerate())
     start = time.monotonic()
-    assert not answers_equal("(x+y+z+1)^{40}", "(x+y+z+2)^{40}", timeout_s=0.3)
-    assert time.monotonic() - start < 0.3 + 0.5
-    deadline = time.monotonic() + 2.0
-    while any(t.name == "answers-equal" for t in threading.enumerate()) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not any(t.name == "answers-equal" for t in threading.enumerate())
+    # A true identity (so the sample-point check passes) that sympy's simplify needs minutes to prove.
+    assert not answers_equal("((x+y+z+w)^2+2(x+y+z+w)+1)^{10}", "(x+y+z+w+1)^{20}", timeout_s=0.3)
+    elapsed = time.monotonic() - start
+    workers = [t for t in threading.enumerate() if t.name == "answers-equal" and t not in before]
+    for worker in workers:
+        worker.join(2.0)
+    assert elapsed < 0.3 + 0.5
+    assert not [t for t in workers if t.is_alive()], "the abandoned comparison is still running"
 
 
 def test_huge_powers_are_refused_not_computed():

@@ -40,8 +40,8 @@ def test_entropy_certaindex_reads_the_same_at_4_and_16_samples():
     sixteen = entropy_certaindex(["9"] * 12 + ["1", "2", "3", "4"])
     assert 0.5 < four < 0.7 and 0.5 < sixteen < 0.75
     assert abs(four - sixteen) < 0.1
-    raw = [four * -math.log(4) + math.log(4), sixteen * -math.log(16) + math.log(16)]
-    assert raw[1] - raw[0] > 0.3
+    raw_four, raw_sixteen = (1 - four) * math.log(4), (1 - sixteen) * math.log(16)
+    assert raw_sixteen - raw_four > 0.3
     assert entropy_certaindex(["9"] * 14 + ["1", "2"]) > sixteen > entropy_certaindex(["9"] * 8 + list("12345678"))
 
 

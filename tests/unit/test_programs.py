@@ -9,7 +9,9 @@ import pytest
 
 from scheduler_backend.allocation import ThresholdPolicy
 from scheduler_backend.engine import GenerateCall, SamplingSpec
-from scheduler_backend.program import GenerateStep, ProgramState, ReasoningProgram, Sample, ScoreStep, Step, StepResult, StopReason
+from scheduler_backend.program import (
+    GenerateStep, ProgramState, ReasoningProgram, Sample, ScoreStep, Step, StepResult, StopReason,
+)
 from scheduler_backend.programs import CotProbe, Mcts, Rebase, SelfConsistency
 from scheduler_backend.programs.rebase import allocate
 from scheduler_backend.scripted_engine import ScriptedEngine
@@ -98,7 +100,8 @@ def test_self_consistency_cuts_a_hopeless_program_before_the_cap():
 
 def test_self_consistency_prompt_asks_for_a_boxed_answer_and_first_round_is_the_detect_step():
     engine = ScriptedEngine(lambda call, i: "\\boxed{5}" if i % 2 else "\\boxed{6}")
-    program = SelfConsistency(QUESTION, 12, ThresholdPolicy(detect_step=6), sampling=SAMPLING, round_size=3, first_round=6)
+    program = SelfConsistency(QUESTION, 12, ThresholdPolicy(detect_step=6), sampling=SAMPLING,
+                              round_size=3, first_round=6)
     drive(program, engine)
     roles = [m.role for m in engine.calls[0].messages]
     assert roles == ["system", "user"] and "\\boxed{}" in engine.calls[0].messages[0].content
@@ -141,13 +144,14 @@ def test_allocate_is_proportional_to_softmax_and_capped():
 
 def test_rebase_expands_the_rewarded_branches_and_answers():
     engine = ScriptedEngine(_tree_script, _prefers_correct)
-    program = Rebase(QUESTION, 32, ThresholdPolicy(detect_step=8), sampling=SAMPLING, width=4, children=4)
+    program = Rebase(QUESTION, 32, ThresholdPolicy(detect_step=8), sampling=SAMPLING, width=4, children=2)
     state = drive(program, engine)
+    assert engine.calls[0].sampling.n == 4  # the root gets the whole width; `children` caps later depths
     assert state.answer == "5"
     assert state.stop_reason in (StopReason.FINISHED, StopReason.SETTLED)
     assert all(c.sampling.stop == ("\n\n",) for c in engine.calls)
     assert all("more text" not in cand for _, cands in engine.score_calls for cand in cands)
-    # depth 1: the two wrong partial solutions get no children, the right ones all four
+    # depth 1: the two wrong partial solutions get no children, the right ones all four (2 each)
     depth1 = [c for c in engine.calls if _last(c)]
     assert sum(c.sampling.n for c in depth1 if "= 5" in _last(c)) == 4
     assert not [c for c in depth1 if "= 6" in _last(c)]
@@ -165,7 +169,8 @@ def test_rebase_stops_at_its_expansion_budget():
 
 def test_mcts_finds_the_rewarded_answer():
     engine = ScriptedEngine(_tree_script, _prefers_correct)
-    program = Mcts(QUESTION, 16, ThresholdPolicy(settle=0.85, detect_step=4), sampling=SAMPLING, children=2, max_depth=4)
+    policy = ThresholdPolicy(settle=0.85, detect_step=4)
+    program = Mcts(QUESTION, 16, policy, sampling=SAMPLING, children=2, max_depth=4)
     state = drive(program, engine)
     assert state.answer == "5"
     assert state.stop_reason is StopReason.SETTLED
@@ -181,7 +186,8 @@ def test_mcts_runs_to_its_iteration_cap_when_never_certain():
     state = drive(program, engine)
     assert state.stop_reason is StopReason.CAP and state.steps == 6
     assert state.answer == "1"
-    assert any(c.sampling.stop == () and c.sampling.max_tokens == program.rollout_sampling.max_tokens for c in engine.calls)
+    rollouts = [c for c in engine.calls if not c.sampling.stop]
+    assert rollouts and all(c.sampling.max_tokens == program.rollout_sampling.max_tokens for c in rollouts)
 
 
 # --- cot-probe ------------------------------------------------------------------------------------
@@ -198,7 +204,8 @@ def _cot_script(probe: str, thought: str = THOUGHT):
 
 
 def _cot(budget: int = 12, window: int = 3) -> CotProbe:
-    return CotProbe(QUESTION, budget, ThresholdPolicy(settle=1.0, detect_step=1), sampling=SAMPLING, window=window, chunk_tokens=8)
+    policy = ThresholdPolicy(settle=1.0, detect_step=1)
+    return CotProbe(QUESTION, budget, policy, sampling=SAMPLING, window=window, chunk_tokens=8)
 
 
 def test_cot_probe_settles_when_the_last_probes_agree():

@@ -91,7 +91,8 @@ def test_bad_values_name_the_field(field, value):
 
 
 def test_negative_budget_message_gives_the_range():
-    assert str(_refused("options.budget", options={"budget": -3})) == "options.budget: must be an integer in [1, 64], got -3"
+    message = _refused("options.budget", options={"budget": -3})
+    assert message == "options.budget: must be an integer in [1, 64], got -3"
 
 
 def test_oversized_values_are_refused_against_the_server_limits():
@@ -147,7 +148,8 @@ def test_plugins_register_by_config_path(scratch_registry, tmp_path, monkeypatch
         "from scheduler_backend.programs import SelfConsistency\n"
         "from scheduler_backend.engine import SamplingSpec\n"
         "def _build(q, o, policy):\n"
-        "    return SelfConsistency(q, o['budget'], policy, sampling=SamplingSpec(max_tokens=o['max_tokens']), round_size=o['width'])\n"
+        "    sampling = SamplingSpec(max_tokens=o['max_tokens'])\n"
+        "    return SelfConsistency(q, o['budget'], policy, sampling=sampling, round_size=o['width'])\n"
         "factory = ProgramFactory('wide-sc', _build, {'width': Int(8)})\n"
         "not_a_factory = 3\n"
     )

@@ -10,7 +10,8 @@ from scheduler_backend.engine import EngineError, GenerateCall, SamplingSpec
 from scheduler_backend.scripted_engine import ScriptedEngine
 
 
-def _call(request_id: str = "r1", n: int = 1, max_tokens: int = 100, stop: tuple[str, ...] = (), priority: int = 0) -> GenerateCall:
+def _call(request_id: str = "r1", n: int = 1, max_tokens: int = 100, stop: tuple[str, ...] = (),
+          priority: int = 0) -> GenerateCall:
     return GenerateCall(request_id, SamplingSpec(max_tokens=max_tokens, n=n, stop=stop), prompt="q", priority=priority)
 
 

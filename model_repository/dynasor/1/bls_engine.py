@@ -57,13 +57,17 @@ class BlsEngine:
             + (["logprobs"] if s.logprobs is not None else []),
         )
 
-    def _drain(self, request, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> None:
+    def _drain(self, request_id: str, request, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> None:
+        """The request stays active until `policy` ends its stream, however early the consumer
+        stopped listening: that is what lets `abort` reach it."""
         try:
             for response in request.exec(decoupled=True):
                 loop.call_soon_threadsafe(queue.put_nowait, response)
         except Exception as e:  # handed to the awaiting coroutine, raised there
             loop.call_soon_threadsafe(queue.put_nowait, e)
         finally:
+            self._active.discard(request_id)
+            self._aborted.discard(request_id)
             loop.call_soon_threadsafe(queue.put_nowait, _END)
 
     async def generate(self, call: GenerateCall) -> AsyncIterator[list[SampleDelta]]:
@@ -71,21 +75,17 @@ class BlsEngine:
         queue: asyncio.Queue = asyncio.Queue()
         request = self._policy_request(call)
         self._active.add(call.request_id)
-        self._pool.submit(self._drain, request, loop, queue)
-        try:
-            while (item := await queue.get()) is not _END:
-                if isinstance(item, Exception):
-                    raise EngineError(f"policy call failed: {item}")
-                if item.has_error():
-                    if call.request_id in self._aborted:
-                        continue
-                    raise EngineError(f"policy: {item.error().message()}")
-                deltas = _deltas(item)
-                if deltas:
-                    yield deltas
-        finally:
-            self._active.discard(call.request_id)
-            self._aborted.discard(call.request_id)
+        self._pool.submit(self._drain, call.request_id, request, loop, queue)
+        while (item := await queue.get()) is not _END:
+            if isinstance(item, Exception):
+                raise EngineError(f"policy call failed: {item}")
+            if item.has_error():
+                if call.request_id in self._aborted:
+                    continue
+                raise EngineError(f"policy: {item.error().message()}")
+            deltas = _deltas(item)
+            if deltas:
+                yield deltas
 
     async def abort(self, request_id: str) -> None:
         """Retries while `policy` does not know the id yet: the abort can overtake the request."""
@@ -93,6 +93,7 @@ class BlsEngine:
         loop = asyncio.get_running_loop()
         for _ in range(40):
             if request_id not in self._active:
+                self._aborted.discard(request_id)
                 return
             request = pb_utils.InferenceRequest(
                 model_name=self.policy_model,

@@ -93,7 +93,7 @@ class TritonPythonModel:
         watcher = asyncio.ensure_future(self._watch_cancel(sender, pid))
 
         def progress(state: ProgramState) -> None:
-            if req.progress and not sender.is_cancelled():
+            if req.progress and not state.done and not sender.is_cancelled():
                 sender.send(_response(state))
 
         try:

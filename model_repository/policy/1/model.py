@@ -57,6 +57,7 @@ class TritonPythonModel:
         self._in_flight: dict[str, asyncio.Task] = {}
         self._engine = None
         self._engine_ready = threading.Event()
+        self._restart = None
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._loop_thread.start()
@@ -105,7 +106,7 @@ class TritonPythonModel:
         self._engine = None
         self._engine_ready.clear()
         self._metrics.engine_deaths.increment(1)
-        asyncio.ensure_future(self._replace_dead_engine(engine))
+        self._restart = asyncio.ensure_future(self._replace_dead_engine(engine))
 
     async def _replace_dead_engine(self, engine) -> None:
         engine.shutdown()
@@ -236,9 +237,12 @@ class TritonPythonModel:
             for task in list(self._in_flight.values()):
                 task.cancel()
             self._monitor.cancel()
+            if self._restart is not None:
+                # A replacement engine still starting would outlive the server: let it finish, then stop it.
+                await asyncio.wait([self._restart], timeout=240)
             await asyncio.sleep(0.2)
 
-        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(timeout=30)
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(timeout=300)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._loop_thread.join(timeout=10)
         if self._engine is not None:
