@@ -70,13 +70,17 @@ def request_inputs(question: str, program: str | None, options: Mapping[str, Any
     return inputs
 
 
-class DynasorClient:
-    """Sync client. `url` is host:port of gRPC (protocol="grpc") or HTTP (protocol="http")."""
+class _Connection:
+    """`url` is host:port of gRPC (protocol="grpc") or HTTP (protocol="http")."""
 
     def __init__(self, url: str, protocol: str = "grpc", timeout_s: float = 900.0):
         if protocol not in ("grpc", "http"):
             raise ValueError(f"protocol: must be 'grpc' or 'http', got {protocol!r}")
         self.url, self.protocol, self.timeout_s = url, protocol, timeout_s
+
+
+class DynasorClient(_Connection):
+    """Sync client."""
 
     def stream(self, question: str, program: str | None = None, options: Mapping[str, Any] | None = None) -> Iterator[Progress]:
         inputs = request_inputs(question, program, options)
@@ -128,13 +132,8 @@ def _http_error(body: str) -> str:
         return body
 
 
-class AsyncDynasorClient:
+class AsyncDynasorClient(_Connection):
     """asyncio client: gRPC through tritonclient.grpc.aio, HTTP through aiohttp."""
-
-    def __init__(self, url: str, protocol: str = "grpc", timeout_s: float = 900.0):
-        if protocol not in ("grpc", "http"):
-            raise ValueError(f"protocol: must be 'grpc' or 'http', got {protocol!r}")
-        self.url, self.protocol, self.timeout_s = url, protocol, timeout_s
 
     async def stream(self, question: str, program: str | None = None, options: Mapping[str, Any] | None = None) -> AsyncIterator[Progress]:
         inputs = request_inputs(question, program, options)

@@ -31,7 +31,7 @@ def test_self_consistency_and_trace_recording_on_the_direct_vllm_engine(monkeypa
                                                              "answer_format": "number"})
             state = await runner.run("sc", program)
             traces = await record(engine, "self-consistency", [{"question": QUESTION, "gold": "8"}],
-                                  {"budget": 4, "round_size": 2, "max_tokens": 32})
+                                  {"budget": 4, "round_size": 2, "detect_step": 2, "max_tokens": 32})
             return state, traces
 
     state, traces = asyncio.run(go())

@@ -145,7 +145,7 @@ def test_metrics_move_with_programs(server):
     before_hist = total("dynasor_program_certaindex_at_stop_count", program="self-consistency")
     before_tokens = total("dynasor_program_tokens_used_total", program="self-consistency")
     before_invalid = total("dynasor_programs_total", stop_reason="invalid")
-    before_deadline = total("dynasor_program_deadline_total")
+    before_deadline = total("dynasor_program_deadline_total", outcome="met")
     result = sc(server, budget=2, round_size=2, deadline_s=600)
     with pytest.raises(ProgramError):
         sc(server, budget=-1)
