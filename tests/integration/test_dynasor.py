@@ -155,3 +155,23 @@ def test_metrics_move_with_programs(server):
     assert total("dynasor_programs_total", stop_reason="invalid") == before_invalid + 1
     assert total("dynasor_program_deadline_total", outcome="met") == before_deadline + 1
     assert total("dynasor_programs_in_flight") == 0
+
+
+def test_cli_ask_and_solve(server, tmp_path, capsys):
+    from client.cli import main
+
+    assert main(["ask", QUESTION, "--url", server.grpc_url, "--budget", "2", "--options", json.dumps({"round_size": 2, "max_tokens": 32})]) == 0
+    out = capsys.readouterr().out
+    assert "answer:" in out and "certaindex:" in out and "steps: 2/2" in out
+
+    data = tmp_path / "q.jsonl"
+    data.write_text("".join(json.dumps({"question": QUESTION, "answer": "#### 8"}) + "\n" for _ in range(2)))
+    results = tmp_path / "out.jsonl"
+    assert main(["solve", str(data), "--url", server.grpc_url, "--budget", "2", "--output", str(results),
+                 "--options", json.dumps({"round_size": 2, "max_tokens": 32})]) == 0
+    out = capsys.readouterr().out
+    assert "programs: 2  errors: 0" in out and "accuracy:" in out
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert len(rows) == 2 and all(r["gold"] == "8" and isinstance(r["correct"], bool) for r in rows)
+    assert main(["ask", QUESTION, "--url", server.grpc_url, "--budget", "-1"]) == 2
+    assert "options.budget" in capsys.readouterr().err
