@@ -37,5 +37,6 @@ if [ ! -f "$STAMP" ]; then
   echo "setup: venv ready in $(( $(date +%s) - t0 )) s"
 fi
 # The project itself, editable, so `dynasor` and the packages follow the working tree.
-$VENV/bin/python -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
+$VENV/bin/python -m pip install -q --no-deps --no-build-isolation -e . >$VENV/editable-install.log 2>&1 \
+  || { cat $VENV/editable-install.log; exit 1; }
 $VENV/bin/python -m client.models all
