@@ -61,6 +61,14 @@ def solve_messages(question: str, partial: str = "") -> tuple[ChatMessage, ...]:
     return messages + (ChatMessage("assistant", partial),) if partial else messages
 
 
+def sample_answer(text: str, finish_reason: str | None, fmt: str) -> str | None:
+    """A sample cut off by its token limit has no final answer yet: in "auto" it counts only if it
+    already stated one, never by its last number, which would be an intermediate result."""
+    if fmt == "auto" and finish_reason == "length":
+        return next((a for f in _MARKER_FORMATS if (a := extract_answer(text, f)) is not None), None)
+    return extract_answer(text, fmt)
+
+
 def ends_solution(step: str, finish_reason: str | None) -> bool:
     """A step ends the solution when it states a final answer, or when the model had nothing more
     to say (an empty step: the engine does not report whether EOS or the stop string ended it)."""

@@ -7,11 +7,11 @@ from dataclasses import replace
 from typing import Any, Mapping
 
 from scheduler_backend.allocation import AllocationPolicy
-from scheduler_backend.answers import cluster_answers, extract_answer, majority_answer
+from scheduler_backend.answers import cluster_answers, majority_answer
 from scheduler_backend.certaindex import entropy_certaindex
 from scheduler_backend.engine import SamplingSpec
 from scheduler_backend.program import GenerateStep, Step, StepResult
-from scheduler_backend.programs.base import PolicyProgram, require_positive, sampling_from, solve_messages
+from scheduler_backend.programs.base import PolicyProgram, require_positive, sample_answer, sampling_from, solve_messages
 
 
 class SelfConsistency(PolicyProgram):
@@ -53,7 +53,7 @@ class SelfConsistency(PolicyProgram):
 
     def _absorb(self, result: StepResult) -> None:
         self._waiting = False
-        self.answers.extend(extract_answer(s.text, self.answer_format) for s in result.samples)
+        self.answers.extend(sample_answer(s.text, s.finish_reason, self.answer_format) for s in result.samples)
         self._issued = len(self.answers)  # samples the engine did not return are not spent
         self._consult()
 

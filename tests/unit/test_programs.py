@@ -247,3 +247,12 @@ def test_cot_probe_issues_the_next_chunk_with_the_probe_and_counts_late_probes()
     program.on_result(StepResult(probe0.key, samples=[Sample("6}", 1, "stop")]))
     assert program.extra_state()["probes"] == ["6", "7"]
     assert program.best_answer() == "7" and not program.done
+
+
+def test_a_truncated_sample_without_a_stated_answer_is_no_answer():
+    from scheduler_backend.programs.base import sample_answer
+
+    assert sample_answer("16 - 3 = 13, then 13 - 4 = 9, so", "length", "auto") is None
+    assert sample_answer("so the answer is \\boxed{18} and", "length", "auto") == "18"
+    assert sample_answer("16 - 3 = 13, then 13 - 4 = 9", "stop", "auto") == "9"
+    assert sample_answer("16 - 3 = 13, then 13 - 4 = 9", "length", "number") == "9"
