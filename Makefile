@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test unit serve bench-policy bench-dynasor bench-scheduler clean
+.PHONY: setup demo test unit serve bench-policy bench-dynasor bench-scheduling bench-scheduler clean
 
 setup:
 	@bash scripts/setup.sh
@@ -24,6 +24,10 @@ bench-policy: setup
 
 bench-dynasor: setup
 	$(PY) -m client.bench_dynasor
+
+bench-scheduling: setup
+	$(PY) -m client.bench_scheduling
+
 
 bench-scheduler: setup
 	$(PY) -m scheduler_backend.bench_scheduler

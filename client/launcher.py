@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -164,6 +165,17 @@ class TritonServer:
         psutil.wait_procs(survivors, timeout=10)
 
 
+def _set_parameters(config: Path, values: dict[str, str]) -> None:
+    """Override `parameters` entries of a copied config.pbtxt (benchmarks compare settings)."""
+    text = config.read_text()
+    for key, value in values.items():
+        pattern = re.compile(r'(\{ key: "%s", value: \{ string_value: ")[^"]*(" \} \})' % re.escape(key))
+        if not pattern.search(text):
+            raise KeyError(f"{config}: no parameter {key!r}")
+        text = pattern.sub(lambda m: m.group(1) + value + m.group(2), text)
+    config.write_text(text)
+
+
 def start_server(
     model_repository: Path = MODEL_REPOSITORY,
     policy_model: str | None = None,
@@ -174,6 +186,7 @@ def start_server(
     extra_args: list[str] | None = None,
     run_dir: Path | None = None,
     engine_overrides: dict | None = None,
+    dynasor_parameters: dict[str, str] | None = None,
 ) -> TritonServer:
     """Start tritonserver on a copy of the model repository (so a chosen model or engine override
     never edits the checked-in model.json); returns before it is ready."""
@@ -189,6 +202,8 @@ def start_server(
                 cfg["model"] = resolve_model(policy_model)
             cfg.update(engine_overrides or {})
             model_json.write_text(json.dumps(cfg, indent=2))
+    if dynasor_parameters:
+        _set_parameters(repo / "dynasor" / "config.pbtxt", dynasor_parameters)
     http_port = http_port or free_port()
     grpc_port = grpc_port or free_port()
     metrics_port = metrics_port or free_port()

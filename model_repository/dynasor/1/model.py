@@ -47,7 +47,8 @@ class TritonPythonModel:
             load_plugins(plugins)
         self.engine = BlsEngine(p.get("policy_model", "policy"), p.get("reward_model", "reward"),
                                 int(p.get("max_concurrent_bls_calls", "256")))
-        scheduler = Scheduler(max_running=int(p.get("max_running_programs", "16")), aging_per_s=float(p.get("aging_per_s", "50")))
+        scheduler = Scheduler(max_running=int(p.get("max_running_programs", "16")), aging_per_s=float(p.get("aging_per_s", "50")),
+                              policy=p.get("scheduling_policy", "sjf"))
         self.runner = ProgramRunner(self.engine, scheduler)
         self.metrics = _Metrics(args["model_name"])
         self.logger = pb_utils.Logger
