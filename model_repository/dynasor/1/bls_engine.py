@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator, Sequence
 
@@ -18,6 +19,15 @@ import triton_python_backend_utils as pb_utils
 from scheduler_backend.engine import EngineError, GenerateCall, SampleDelta
 
 _END = object()
+# One stub call at a time from this model's threads. Concurrent calls into the Python-backend stub
+# (BLS exec and response reads on draining threads, is_cancelled/send on the event loop) corrupted
+# its heap under load here ("malloc(): unaligned fastbin chunk detected", Triton 2.51). Only the
+# blocking wait for the next BLS response runs outside it.
+STUB_LOCK = threading.Lock()
+
+
+class _ResponseError(str):
+    """An error response's message, as read on the draining thread."""
 
 
 def _strings(values: Sequence[str]) -> np.ndarray:
@@ -57,35 +67,55 @@ class BlsEngine:
             + (["logprobs"] if s.logprobs is not None else []),
         )
 
-    def _drain(self, request_id: str, request, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> None:
-        """The request stays active until `policy` ends its stream, however early the consumer
+    def _drain(self, call: GenerateCall, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> None:
+        """Builds, runs and reads the BLS call on this thread and hands only plain Python objects
+        to the loop: Triton objects never cross threads (the stub has crashed where they did).
+        The request stays active until `policy` ends its stream, however early the consumer
         stopped listening: that is what lets `abort` reach it."""
         try:
-            for response in request.exec(decoupled=True):
-                loop.call_soon_threadsafe(queue.put_nowait, response)
+            with STUB_LOCK:
+                responses = iter(self._policy_request(call).exec(decoupled=True))
+            for response in responses:
+                with STUB_LOCK:
+                    item = _ResponseError(response.error().message()) if response.has_error() else _deltas(response)
+                    del response
+                loop.call_soon_threadsafe(queue.put_nowait, item)
         except Exception as e:  # handed to the awaiting coroutine, raised there
             loop.call_soon_threadsafe(queue.put_nowait, e)
         finally:
-            self._active.discard(request_id)
-            self._aborted.discard(request_id)
+            self._active.discard(call.request_id)
+            self._aborted.discard(call.request_id)
             loop.call_soon_threadsafe(queue.put_nowait, _END)
 
     async def generate(self, call: GenerateCall) -> AsyncIterator[list[SampleDelta]]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        request = self._policy_request(call)
         self._active.add(call.request_id)
-        self._pool.submit(self._drain, call.request_id, request, loop, queue)
+        self._pool.submit(self._drain, call, loop, queue)
         while (item := await queue.get()) is not _END:
-            if isinstance(item, Exception):
-                raise EngineError(f"policy call failed: {item}")
-            if item.has_error():
+            if isinstance(item, _ResponseError):
                 if call.request_id in self._aborted:
                     continue
-                raise EngineError(f"policy: {item.error().message()}")
-            deltas = _deltas(item)
-            if deltas:
-                yield deltas
+                raise EngineError(f"policy: {item}")
+            if isinstance(item, Exception):
+                raise EngineError(f"policy call failed: {item}")
+            if item:
+                yield item
+
+    def _send_abort(self, request_id: str) -> bool:
+        with STUB_LOCK:
+            responses = iter(pb_utils.InferenceRequest(
+                model_name=self.policy_model,
+                inputs=[pb_utils.Tensor("abort_request_ids", _strings([request_id]))],
+                requested_output_names=["finish_reason"],
+            ).exec(decoupled=True))
+        aborted = False
+        for response in responses:
+            with STUB_LOCK:
+                tensor = None if response.has_error() else pb_utils.get_output_tensor_by_name(response, "finish_reason")
+                aborted = aborted or (tensor is not None and tensor.as_numpy().reshape(-1)[0] == b"aborted")
+                del response, tensor
+        return aborted
 
     async def abort(self, request_id: str) -> None:
         """Retries while `policy` does not know the id yet: the abort can overtake the request."""
@@ -95,34 +125,39 @@ class BlsEngine:
             if request_id not in self._active:
                 self._aborted.discard(request_id)
                 return
-            request = pb_utils.InferenceRequest(
-                model_name=self.policy_model,
-                inputs=[pb_utils.Tensor("abort_request_ids", _strings([request_id]))],
-                requested_output_names=["finish_reason"],
-            )
-            responses = await loop.run_in_executor(self._pool, lambda: list(request.exec(decoupled=True)))
-            reasons = [pb_utils.get_output_tensor_by_name(r, "finish_reason") for r in responses if not r.has_error()]
-            if any(t is not None and t.as_numpy().reshape(-1)[0] == b"aborted" for t in reasons):
+            if await loop.run_in_executor(self._pool, self._send_abort, request_id):
                 return
             await asyncio.sleep(0.05)
 
-    async def score(self, question: str, candidates: Sequence[str]) -> list[float]:
-        request = pb_utils.InferenceRequest(
-            model_name=self.reward_model,
-            inputs=[pb_utils.Tensor("question", _strings([question])), pb_utils.Tensor("candidates", _strings(list(candidates)))],
-            requested_output_names=["scores"],
-        )
-        responses = await asyncio.get_running_loop().run_in_executor(self._pool, lambda: list(request.exec(decoupled=True)))
+    def _score(self, question: str, candidates: list[str]) -> list[float]:
+        with STUB_LOCK:
+            responses = iter(pb_utils.InferenceRequest(
+                model_name=self.reward_model,
+                inputs=[pb_utils.Tensor("question", _strings([question])), pb_utils.Tensor("candidates", _strings(candidates))],
+                requested_output_names=["scores"],
+            ).exec(decoupled=True))
+        scores, error = None, None
         for response in responses:
-            if response.has_error():
-                raise EngineError(f"reward: {response.error().message()}")
-            tensor = pb_utils.get_output_tensor_by_name(response, "scores")
-            if tensor is not None:
-                return [float(x) for x in tensor.as_numpy().reshape(-1)]
-        raise EngineError("reward: no scores in the response")
+            with STUB_LOCK:
+                if response.has_error():
+                    error = response.error().message()
+                elif (tensor := pb_utils.get_output_tensor_by_name(response, "scores")) is not None:
+                    scores = [float(x) for x in tensor.as_numpy().reshape(-1)]
+                    del tensor
+                del response
+        if error is not None:
+            raise EngineError(f"reward: {error}")
+        if scores is None:
+            raise EngineError("reward: no scores in the response")
+        return scores
+
+    async def score(self, question: str, candidates: Sequence[str]) -> list[float]:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._score, question, list(candidates))
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Waits for the draining threads (their streams end once their programs are cancelled):
+        a stub torn down under running BLS threads has crashed on exit."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _deltas(response) -> list[SampleDelta]:

@@ -19,7 +19,7 @@ locale.setlocale(locale.LC_ALL, "C.UTF-8")  # the stub's interpreter prefers ASC
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
-from bls_engine import BlsEngine  # noqa: E402
+from bls_engine import STUB_LOCK, BlsEngine  # noqa: E402
 from program_request import parse_program_request  # noqa: E402
 from scheduler_backend.program import ProgramState, StopReason  # noqa: E402
 from scheduler_backend.registry import Limits, OptionError, load_plugins  # noqa: E402
@@ -65,17 +65,51 @@ class TritonPythonModel:
         return None
 
     async def _serve(self, request) -> None:
-        sender = request.get_response_sender()
+        with STUB_LOCK:
+            sender = request.get_response_sender()
         try:
             await self._serve_checked(request, sender)
         except Exception as e:
             # Every request gets its final response, whatever went wrong, or its client waits forever.
-            self.logger.log_error(f"[dynasor] request failed: {traceback.format_exc()}")
-            _send_error(sender, f"dynasor failed: {type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL)
+            with STUB_LOCK:
+                self.logger.log_error(f"[dynasor] request failed: {traceback.format_exc()}")
+                _send_error(sender, f"dynasor failed: {type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL)
 
     async def _serve_checked(self, request, sender) -> None:
+        with STUB_LOCK:
+            req = self._parse(request, sender)
+            if req is None:
+                return
+            pid = f"{request.request_id() or 'program'}-{uuid.uuid4().hex[:8]}"
+            self.metrics.in_flight.increment(1)
+        watcher = asyncio.ensure_future(self._watch_cancel(sender, pid))
+
+        def progress(state: ProgramState) -> None:
+            if req.progress and not state.done:
+                with STUB_LOCK:
+                    if not sender.is_cancelled():
+                        sender.send(_response(state))
+
         try:
-            req = parse_program_request(
+            state = await self.runner.run(pid, req.program, req.deadline_s, progress)
+        finally:
+            watcher.cancel()
+            with STUB_LOCK:
+                self.metrics.in_flight.increment(-1)
+        with STUB_LOCK:
+            self.metrics.record(state, req.program_name, req.deadline_s)
+            if state.stop_reason is StopReason.CANCELLED and sender.is_cancelled():
+                _send_error(sender, "program was cancelled", pb_utils.TritonError.CANCELLED)
+            elif state.stop_reason is StopReason.ERROR:
+                _send_error(sender, f"program failed: {state.extra.get('error', 'engine error')}", pb_utils.TritonError.UNAVAILABLE)
+            else:
+                sender.send(_response(state), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def _parse(self, request, sender):
+        """The validated program request, or None after answering with an error naming the field.
+        Called under STUB_LOCK: it reads the request's tensors."""
+        try:
+            return parse_program_request(
                 _input(request, "text_input"),
                 _input(request, "program"),
                 _input(request, "options"),
@@ -88,32 +122,15 @@ class TritonPythonModel:
         except OptionError as e:
             self.metrics.count("dynasor_programs_total", {"stop_reason": "invalid"})
             _send_error(sender, str(e), pb_utils.TritonError.INVALID_ARG)
-            return
-        pid = f"{request.request_id() or 'program'}-{uuid.uuid4().hex[:8]}"
-        self.metrics.in_flight.increment(1)
-        watcher = asyncio.ensure_future(self._watch_cancel(sender, pid))
-
-        def progress(state: ProgramState) -> None:
-            if req.progress and not state.done and not sender.is_cancelled():
-                sender.send(_response(state))
-
-        try:
-            state = await self.runner.run(pid, req.program, req.deadline_s, progress)
-        finally:
-            watcher.cancel()
-            self.metrics.in_flight.increment(-1)
-        self.metrics.record(state, req.program_name, req.deadline_s)
-        if state.stop_reason is StopReason.CANCELLED and sender.is_cancelled():
-            _send_error(sender, "program was cancelled", pb_utils.TritonError.CANCELLED)
-        elif state.stop_reason is StopReason.ERROR:
-            _send_error(sender, f"program failed: {state.extra.get('error', 'engine error')}", pb_utils.TritonError.UNAVAILABLE)
-        else:
-            sender.send(_response(state), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            return None
 
     async def _watch_cancel(self, sender, pid: str) -> None:
         """A program waiting on the engine sends nothing to notice a cancel by: poll."""
-        while not sender.is_cancelled():
+        while True:
             await asyncio.sleep(0.1)
+            with STUB_LOCK:
+                if sender.is_cancelled():
+                    break
         self.runner.cancel(pid)
 
     def finalize(self):
