@@ -202,10 +202,11 @@ def start_server(
                 cfg["model"] = resolve_model(policy_model)
             cfg.update(engine_overrides or {})
             model_json.write_text(json.dumps(cfg, indent=2))
-    if dynasor_parameters:
-        _set_parameters(repo / "dynasor" / "config.pbtxt", dynasor_parameters)
     http_port = http_port or free_port()
     grpc_port = grpc_port or free_port()
+    local = "127.0.0.1" if address in ("0.0.0.0", "127.0.0.1") else address
+    if (repo / "dynasor" / "config.pbtxt").is_file():
+        _set_parameters(repo / "dynasor" / "config.pbtxt", {"policy_grpc_url": f"{local}:{grpc_port}", **(dynasor_parameters or {})})
     metrics_port = metrics_port or free_port()
     log_path = run_dir / "tritonserver.log"
     cmd = [

@@ -19,10 +19,9 @@ import triton_python_backend_utils as pb_utils
 from scheduler_backend.engine import EngineError, GenerateCall, SampleDelta
 
 _END = object()
-# One stub call at a time from this model's threads. Concurrent calls into the Python-backend stub
-# (BLS exec and response reads on draining threads, is_cancelled/send on the event loop) corrupted
-# its heap under load here ("malloc(): unaligned fastbin chunk detected", Triton 2.51). Only the
-# blocking wait for the next BLS response runs outside it.
+# One stub call at a time from this model's threads (BLS exec and response reads on draining
+# threads, is_cancelled/send on the event loop). A precaution only: under many decoupled BLS calls
+# the 2.51 stub still corrupted its heap with it in place, which is why `engine` defaults to grpc.
 STUB_LOCK = threading.Lock()
 
 

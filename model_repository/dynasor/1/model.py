@@ -45,8 +45,13 @@ class TritonPythonModel:
         plugins = [x.strip() for x in p.get("plugins", "").split(",") if x.strip()]
         if plugins:
             load_plugins(plugins)
-        self.engine = BlsEngine(p.get("policy_model", "policy"), p.get("reward_model", "reward"),
-                                int(p.get("max_concurrent_bls_calls", "256")))
+        calls = int(p.get("max_concurrent_bls_calls", "256"))
+        if p.get("engine", "bls") == "grpc":
+            from client.policy_engine import GrpcPolicyEngine
+
+            self.engine = GrpcPolicyEngine(p.get("policy_grpc_url", "127.0.0.1:8001"), calls)
+        else:
+            self.engine = BlsEngine(p.get("policy_model", "policy"), p.get("reward_model", "reward"), calls)
         scheduler = Scheduler(max_running=int(p.get("max_running_programs", "16")), aging_per_s=float(p.get("aging_per_s", "50")),
                               policy=p.get("scheduling_policy", "sjf"))
         self.runner = ProgramRunner(self.engine, scheduler)
