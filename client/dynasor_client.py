@@ -70,6 +70,12 @@ def request_inputs(question: str, program: str | None, options: Mapping[str, Any
     return inputs
 
 
+def _final(last: Progress | None) -> Progress:
+    if last is None or not last.final:
+        raise ProgramError("the server closed the stream without a final response")
+    return last
+
+
 class _Connection:
     """`url` is host:port of gRPC (protocol="grpc") or HTTP (protocol="http")."""
 
@@ -104,9 +110,7 @@ class DynasorClient(_Connection):
             if on_progress:
                 on_progress(p)
             last = p
-        if last is None or not last.final:
-            raise ProgramError("the server closed the stream without a final response")
-        return last
+        return _final(last)
 
 
 def _http_stream(url: str, inputs: Mapping[str, str], timeout_s: float) -> Iterator[Progress]:
@@ -169,9 +173,7 @@ class AsyncDynasorClient(_Connection):
             if on_progress:
                 on_progress(p)
             last = p
-        if last is None or not last.final:
-            raise ProgramError("the server closed the stream without a final response")
-        return last
+        return _final(last)
 
 
 async def _aio_http_stream(url: str, inputs: Mapping[str, str], timeout_s: float) -> AsyncIterator[Progress]:

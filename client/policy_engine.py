@@ -4,7 +4,6 @@ the in-server `dynasor` model against. Each call owns one stream, drained on a t
 from __future__ import annotations
 
 import asyncio
-import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator, Sequence
 
@@ -21,16 +20,7 @@ class GrpcPolicyEngine:
         self._calls: dict[str, StreamCall] = {}
 
     def _inputs(self, call: GenerateCall) -> dict:
-        s = call.sampling
-        sampling = {"n": s.n, "max_tokens": s.max_tokens, "temperature": s.temperature, "top_p": s.top_p}
-        if s.stop:
-            sampling["stop"] = list(s.stop)
-        inputs = {"sampling_parameters": json.dumps(sampling), "stream": True, "priority": call.priority}
-        if call.messages:
-            inputs["messages"] = json.dumps([{"role": m.role, "content": m.content} for m in call.messages])
-        else:
-            inputs["text_input"] = call.prompt
-        return inputs
+        return {**call.policy_text_inputs(), "stream": True, "priority": call.priority}
 
     def _drain(self, call: GenerateCall, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> None:
         try:

@@ -86,13 +86,7 @@ class ThresholdPolicy:
             object.__setattr__(self, "hopeless_step", 2 * self.detect_step)
 
     def verdict(self, certaindex: float, steps: int, budget: int) -> Verdict:
-        if steps < self.detect_step:
-            return Verdict.CONTINUE
-        if certaindex >= self.settle:
-            return Verdict.SETTLED
-        if self.hopeless is not None and steps >= self.hopeless_step and certaindex <= self.hopeless:
-            return Verdict.HOPELESS
-        return Verdict.CONTINUE
+        return _verdict(self, certaindex >= self.settle, certaindex, steps)
 
     def predicted_remaining(self, certaindex: float, steps: int, budget: int) -> float:
         left = float(max(budget - steps, 0))
@@ -138,13 +132,7 @@ class CurvePolicy:
         return float(_exp_curve(np.float64(certaindex), self.a, self.b))
 
     def verdict(self, certaindex: float, steps: int, budget: int) -> Verdict:
-        if steps < self.detect_step:
-            return Verdict.CONTINUE
-        if self.curve(certaindex) < 1.0:
-            return Verdict.SETTLED
-        if self.hopeless is not None and steps >= self.hopeless_step and certaindex <= self.hopeless:
-            return Verdict.HOPELESS
-        return Verdict.CONTINUE
+        return _verdict(self, self.curve(certaindex) < 1.0, certaindex, steps)
 
     def predicted_remaining(self, certaindex: float, steps: int, budget: int) -> float:
         left = float(max(budget - steps, 0))
@@ -191,6 +179,17 @@ _KEYS = {
     "curve": ("a", "b", "detect_step", "hopeless", "hopeless_step"),
 }
 _REQUIRED = {"threshold": (), "curve": ("a", "b")}
+
+
+def _verdict(policy: ThresholdPolicy | CurvePolicy, settled: bool, certaindex: float, steps: int) -> Verdict:
+    """The rule both policies share: nothing before the detection step, then settled, then hopeless."""
+    if steps < policy.detect_step:
+        return Verdict.CONTINUE
+    if settled:
+        return Verdict.SETTLED
+    if policy.hopeless is not None and steps >= policy.hopeless_step and certaindex <= policy.hopeless:
+        return Verdict.HOPELESS
+    return Verdict.CONTINUE
 
 
 def policy_to_dict(policy: AllocationPolicy) -> dict[str, Any]:

@@ -6,6 +6,7 @@ one runs them.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Protocol, Sequence
 
@@ -39,6 +40,22 @@ class GenerateCall:
     messages: tuple[ChatMessage, ...] = ()
     prompt: str = ""
     priority: int = 0
+
+    def policy_text_inputs(self) -> dict[str, str]:
+        """The `policy` model's text inputs for this call (sampling_parameters, and messages or
+        text_input), shared by every engine that reaches `policy` through Triton."""
+        s = self.sampling
+        sampling: dict = {"n": s.n, "max_tokens": s.max_tokens, "temperature": s.temperature, "top_p": s.top_p}
+        if s.stop:
+            sampling["stop"] = list(s.stop)
+        if s.logprobs is not None:
+            sampling["logprobs"] = s.logprobs
+        inputs = {"sampling_parameters": json.dumps(sampling)}
+        if self.messages:
+            inputs["messages"] = json.dumps([{"role": m.role, "content": m.content} for m in self.messages])
+        else:
+            inputs["text_input"] = self.prompt
+        return inputs
 
 
 @dataclass

@@ -42,28 +42,17 @@ class BlsEngine:
         self._active: set[str] = set()
 
     def _policy_request(self, call: GenerateCall) -> "pb_utils.InferenceRequest":
-        s = call.sampling
-        sampling = {"n": s.n, "max_tokens": s.max_tokens, "temperature": s.temperature, "top_p": s.top_p}
-        if s.stop:
-            sampling["stop"] = list(s.stop)
-        if s.logprobs is not None:
-            sampling["logprobs"] = s.logprobs
-        inputs = [
-            pb_utils.Tensor("sampling_parameters", _strings([json.dumps(sampling)])),
+        inputs = [pb_utils.Tensor(name, _strings([value])) for name, value in call.policy_text_inputs().items()]
+        inputs += [
             pb_utils.Tensor("stream", np.array([True], dtype=np.bool_)),
             pb_utils.Tensor("priority", np.array([call.priority], dtype=np.int32)),
         ]
-        if call.messages:
-            messages = [{"role": m.role, "content": m.content} for m in call.messages]
-            inputs.append(pb_utils.Tensor("messages", _strings([json.dumps(messages)])))
-        else:
-            inputs.append(pb_utils.Tensor("text_input", _strings([call.prompt])))
         return pb_utils.InferenceRequest(
             model_name=self.policy_model,
             inputs=inputs,
             request_id=call.request_id,
             requested_output_names=["text_output", "sample_index", "num_output_tokens", "finish_reason", "cumulative_logprob"]
-            + (["logprobs"] if s.logprobs is not None else []),
+            + (["logprobs"] if call.sampling.logprobs is not None else []),
         )
 
     def _drain(self, call: GenerateCall, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> None:
