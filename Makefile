@@ -8,7 +8,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	$(PY) -m client.demo
+	$(PY) -m benchmarks.demo
 
 test: setup
 	$(PY) -m pytest tests/unit tests/integration -v -p no:cacheprovider --durations=15
@@ -20,17 +20,17 @@ serve: setup
 	.venv/bin/dynasor serve
 
 bench-policy: setup
-	$(PY) -m client.bench_policy
+	$(PY) -m benchmarks.bench_policy
 
 bench-dynasor: setup
-	$(PY) -m client.bench_dynasor
+	$(PY) -m benchmarks.bench_dynasor
 
 bench-scheduling: setup
-	$(PY) -m client.bench_scheduling
+	$(PY) -m benchmarks.bench_scheduling
 
 
 bench-scheduler: setup
-	$(PY) -m scheduler_backend.bench_scheduler
+	$(PY) -m benchmarks.bench_scheduler
 
 clean:
 	rm -rf .venv models

@@ -16,10 +16,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from client.batch import gold_answer, load_records
-from client.demo import FALLBACK, GSM8K
+from benchmarks.demo import FALLBACK, GSM8K
 from client.dynasor_client import DynasorClient
-from client.launcher import start_server
-from client.policy_engine import GrpcPolicyEngine
+from serving.launcher import start_server
+from engines.triton_grpc import GrpcPolicyEngine
 from scheduler_backend.answers import answers_equal
 from scheduler_backend.registry import create
 from scheduler_backend.runner import ProgramRunner

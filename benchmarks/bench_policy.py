@@ -18,8 +18,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from client.grpc_stream import StreamCall
-from client.launcher import MODEL_REPOSITORY, resolve_model, start_server
+from engines.grpc_stream import StreamCall
+from serving.launcher import MODEL_REPOSITORY, resolve_model, start_server
 
 TOPICS = ["apples", "trains", "rivers", "stars", "bread", "clocks", "bees", "ships"]
 
@@ -58,7 +58,7 @@ def triton_run(model: str, levels: list[int], max_tokens: int) -> dict[int, floa
 
 def direct_run(model: str, levels: list[int], max_tokens: int) -> dict[int, float]:
     """vLLM's offline `LLM.generate` in a child process (spawned engines need a __main__ guard)."""
-    cmd = [sys.executable, "-m", "client.bench_policy", "--direct-child", json.dumps({"model": model, "levels": levels, "max_tokens": max_tokens})]
+    cmd = [sys.executable, "-m", "benchmarks.bench_policy", "--direct-child", json.dumps({"model": model, "levels": levels, "max_tokens": max_tokens})]
     done = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
     line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")][-1]
     return {int(k): v for k, v in json.loads(line[len("RESULT "):]).items()}

@@ -4,7 +4,7 @@ Two operations are timed, each followed by the `schedule` call that acts on it: 
 random live program's predicted work, and a churn (`remove` a random running program, as when it
 finishes, and `add` a new one; the `schedule` then admits a waiting program from the queue). The
 scheduler runs once per step result in the server, so the target is well under 1 ms per decision
-even with 10,000 live programs. Run: `python -m scheduler_backend.bench_scheduler`.
+even with 10,000 live programs. Run: `python -m benchmarks.bench_scheduler`.
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ import threading
 import time
 
 from client.dynasor_client import DynasorClient
-from client.launcher import start_server
+from serving.launcher import start_server
 
 QUESTION = "A farmer has {n} cows and buys {m} more, then sells half. How many cows are left?"
 

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from client.batch import gold_answer, load_records
 from client.dynasor_client import DynasorClient, ProgramError, Progress
-from client.launcher import REPO_ROOT, start_server
+from serving.launcher import REPO_ROOT, start_server
 from scheduler_backend.answers import answers_equal
 
 GSM8K = REPO_ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl"

@@ -14,7 +14,7 @@ DEFAULT_GRPC = "127.0.0.1:8001"
 
 
 def _serve(args: argparse.Namespace, extra: list[str]) -> int:
-    from client.launcher import MODEL_REPOSITORY, start_server
+    from serving.launcher import MODEL_REPOSITORY, start_server
 
     srv = start_server(
         model_repository=Path(args.model_repository) if args.model_repository else MODEL_REPOSITORY,
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return record(argv[1:])
     if argv and argv[0] == "models":
-        from client.models import main as models
+        from serving.models import main as models
 
         return models(argv[1:])
     args, extra = ap.parse_known_args(argv)

@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator, Callable, Iterator, Mapping
 
 import numpy as np
 
-from client.grpc_stream import StreamCall, as_input
+from engines.grpc_stream import StreamCall, as_input
 
 MODEL = "dynasor"
 

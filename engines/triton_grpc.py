@@ -7,7 +7,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator, Sequence
 
-from client.grpc_stream import StreamCall, StreamError
+from engines.grpc_stream import StreamCall, StreamError
 from scheduler_backend.engine import EngineError, GenerateCall, SampleDelta
 
 _END = object()

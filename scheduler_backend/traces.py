@@ -61,7 +61,7 @@ async def record(engine: Any, program: str, records: list[dict[str, Any]], optio
 
 def main(argv: list[str] | None = None) -> int:
     from client.batch import gold_answer, load_records
-    from scheduler_backend.vllm_engine import VllmEngine
+    from engines.vllm_direct import VllmEngine
 
     ap = argparse.ArgumentParser(prog="dynasor record", description=__doc__.split("\n\n")[0])
     ap.add_argument("data", help="JSONL with 'question' (or 'problem') and optionally 'answer'")
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--options", default="{}", help="JSON program options (budget, round_size, max_tokens, ...)")
     args = ap.parse_args(argv)
-    from client.launcher import resolve_model
+    from serving.launcher import resolve_model
 
     records = [{"question": r.get("question") or r.get("problem"), "gold": gold_answer(r)} for r in load_records(args.data, args.limit)]
 

@@ -39,4 +39,4 @@ fi
 # The project itself, editable, so `dynasor` and the packages follow the working tree.
 $VENV/bin/python -m pip install -q --no-deps --no-build-isolation -e . >$VENV/editable-install.log 2>&1 \
   || { cat $VENV/editable-install.log; exit 1; }
-$VENV/bin/python -m client.models all
+$VENV/bin/python -m serving.models all

@@ -5,7 +5,7 @@ import re
 import time
 import urllib.request
 
-from client.launcher import TritonServer
+from serving.launcher import TritonServer
 
 
 def metric_values(srv: TritonServer, name: str) -> dict[str, float]:

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from client.launcher import MODELS_DIR
+from serving.launcher import MODELS_DIR
 from scheduler_backend.registry import create
 from scheduler_backend.runner import ProgramRunner
 from scheduler_backend.scheduler import Scheduler
@@ -20,7 +20,7 @@ QUESTION = "Tom has 3 apples and buys 5 more. How many apples does he have now?"
 
 
 def test_self_consistency_and_trace_recording_on_the_direct_vllm_engine(monkeypatch):
-    from scheduler_backend.vllm_engine import VllmEngine
+    from engines.vllm_direct import VllmEngine
 
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"))  # pitfall 6
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from client.dynasor_client import AsyncDynasorClient, DynasorClient, ProgramError
-from client.grpc_stream import StreamCall, StreamError
+from engines.grpc_stream import StreamCall, StreamError
 from tests.integration.helpers import metric_values, wait_for
 
 pytestmark = pytest.mark.integration

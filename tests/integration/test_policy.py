@@ -10,7 +10,7 @@ import numpy as np
 import psutil
 import pytest
 
-from client.grpc_stream import StreamCall, StreamError
+from engines.grpc_stream import StreamCall, StreamError
 from tests.integration.helpers import metric_values, wait_for
 
 pytestmark = pytest.mark.integration

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from client.grpc_stream import StreamCall, StreamError
+from engines.grpc_stream import StreamCall, StreamError
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from scheduler_backend.engine import EngineError, GenerateCall, SamplingSpec
-from scheduler_backend.scripted_engine import ScriptedEngine
+from engines.scripted import ScriptedEngine
 
 
 def _call(request_id: str = "r1", n: int = 1, max_tokens: int = 100, stop: tuple[str, ...] = (),

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from client.launcher import MODEL_REPOSITORY, _set_parameters
+from serving.launcher import MODEL_REPOSITORY, _set_parameters
 
 
 def test_parameter_overrides_change_only_the_named_values(tmp_path):

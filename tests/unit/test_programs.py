@@ -14,7 +14,7 @@ from scheduler_backend.program import (
 )
 from scheduler_backend.programs import CotProbe, Mcts, Rebase, SelfConsistency
 from scheduler_backend.programs.rebase import allocate
-from scheduler_backend.scripted_engine import ScriptedEngine
+from engines.scripted import ScriptedEngine
 
 QUESTION = "Tom has 2 apples and buys 3 more. How many apples does he have?"
 SAMPLING = SamplingSpec(max_tokens=64)

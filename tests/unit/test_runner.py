@@ -9,7 +9,7 @@ from scheduler_backend.program import StopReason
 from scheduler_backend.registry import create
 from scheduler_backend.runner import ProgramRunner
 from scheduler_backend.scheduler import Scheduler
-from scheduler_backend.scripted_engine import ScriptedEngine
+from engines.scripted import ScriptedEngine
 
 AGREE = ScriptedEngine(lambda call, i: "so the answer is \\boxed{8}")
 

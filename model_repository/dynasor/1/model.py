@@ -19,7 +19,7 @@ locale.setlocale(locale.LC_ALL, "C.UTF-8")  # the stub's interpreter prefers ASC
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
-from bls_engine import STUB_LOCK, BlsEngine  # noqa: E402
+from engines.triton_bls import STUB_LOCK, BlsEngine  # noqa: E402
 from program_request import parse_program_request  # noqa: E402
 from scheduler_backend.program import ProgramState, StopReason  # noqa: E402
 from scheduler_backend.registry import Limits, OptionError, load_plugins  # noqa: E402
@@ -47,7 +47,7 @@ class TritonPythonModel:
             load_plugins(plugins)
         calls = int(p.get("max_concurrent_bls_calls", "256"))
         if p.get("engine", "bls") == "grpc":
-            from client.policy_engine import GrpcPolicyEngine
+            from engines.triton_grpc import GrpcPolicyEngine
 
             self.engine = GrpcPolicyEngine(p.get("policy_grpc_url", "127.0.0.1:8001"), calls)
         else:
