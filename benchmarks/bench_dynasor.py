@@ -15,7 +15,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from client.batch import gold_answer, load_records
+from scheduler_backend.data import gold_answer, load_records
 from benchmarks.demo import FALLBACK, GSM8K
 from client.dynasor_client import DynasorClient
 from serving.launcher import start_server

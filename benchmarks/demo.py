@@ -8,7 +8,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from client.batch import gold_answer, load_records
+from scheduler_backend.data import gold_answer, load_records
 from client.dynasor_client import DynasorClient, ProgramError, Progress
 from serving.launcher import REPO_ROOT, start_server
 from scheduler_backend.answers import answers_equal

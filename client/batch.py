@@ -4,37 +4,13 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from client.dynasor_client import DynasorClient, ProgramError
-from scheduler_backend.answers import answers_equal, extract_answer
-
-
-def gold_answer(record: dict[str, Any]) -> str | None:
-    """GSM8K keeps its answer after '####' in a worked solution; MATH and AIME give it plainly."""
-    answer = record.get("answer")
-    if answer is None:
-        return None
-    answer = str(answer)
-    return extract_answer(answer, "gsm8k") if "####" in answer else answer
-
-
-def load_records(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
-    records = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            if not isinstance(record, dict) or not (record.get("question") or record.get("problem")):
-                raise ValueError(f"{path}:{n}: expected a JSON object with 'question' or 'problem'")
-            records.append(record)
-            if limit is not None and len(records) >= limit:
-                break
-    return records
+from scheduler_backend.answers import answers_equal
+from scheduler_backend.data import gold_answer, load_records
 
 
 def solve_file(path: str, url: str, protocol: str = "grpc", program: str | None = None, options: dict | None = None,

@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return calibrate(argv[1:])
     if argv and argv[0] == "record":
-        from scheduler_backend.traces import main as record
+        from client.record import main as record
 
         return record(argv[1:])
     if argv and argv[0] == "models":

@@ -1,14 +1,15 @@
 """A deterministic Engine for unit tests: every sample's text comes from a script, so program and
 scheduler behaviour can be asserted exactly, without a model. It behaves like the real engines
 where programs can tell: stop strings cut the text (and are not returned), `max_tokens` truncates
-with finish_reason "length", output streams in several deltas, and abort ends the stream.
+with finish_reason "length", output streams in several deltas (with one {word: 0.0} top-logprob
+map per word when asked), and abort ends the stream.
 Tokens are whitespace-separated words.
 """
 from __future__ import annotations
 
 import asyncio
 import re
-from typing import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from scheduler_backend.engine import EngineError, GenerateCall, SampleDelta
 
@@ -46,6 +47,7 @@ class ScriptedEngine:
         self.score_calls: list[tuple[str, tuple[str, ...]]] = []
         self._failing: set[str] = set()
         self.fail_scores = False
+        self.closed = False
 
     def fail(self, request_id: str) -> None:
         """Make the call with this id raise EngineError when it starts."""
@@ -74,8 +76,9 @@ class ScriptedEngine:
                 lo, hi = len(words) * r // rounds, len(words) * (r + 1) // rounds
                 if hi > lo or last:
                     text = "".join(words[lo:hi]) + (tail if last else "")
-                    batch.append(SampleDelta(index=i, text=text, num_tokens=hi - lo,
-                                             finished=last, finish_reason=reason if last else None))
+                    tops = [{w: 0.0} for w in words[lo:hi]] if call.sampling.logprobs is not None else []
+                    batch.append(SampleDelta(index=i, text=text, num_tokens=hi - lo, finished=last,
+                                             finish_reason=reason if last else None, top_logprobs=tops))
             yield batch
 
     async def abort(self, request_id: str) -> None:
@@ -88,3 +91,6 @@ class ScriptedEngine:
         if self.fail_scores:
             raise EngineError("scripted scoring failure")
         return [self.scorer(question, c) if self.scorer else 0.5 for c in candidates]
+
+    def shutdown(self) -> None:
+        self.closed = True

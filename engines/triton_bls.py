@@ -1,36 +1,50 @@
-"""The scheduler_backend Engine over Triton BLS: `policy` for generation, `reward` for scores.
+"""The Engine over Triton BLS, for a model inside the server: `policy` generates, `reward` scores.
 
 Decoupled BLS responses come from a blocking iterator (PLATFORM.md pitfall 9), so each call is
-drained on a thread of this engine's own pool and handed to the event loop through a queue.
-Triton 2.51 cannot cancel a BLS request, so `abort` asks `policy` to abort the engine request by
+read by the shared drain on a thread of this engine's own pool. Triton 2.51 cannot cancel a BLS request, so `abort` asks `policy` to abort the engine request by
 its id; the stream then ends with a cancelled error, which this engine turns into a quiet end.
 """
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from engines.policy_stream import decode_deltas, drain, policy_inputs, policy_outputs
 from scheduler_backend.engine import EngineError, GenerateCall, SampleDelta
 
-_END = object()
 # One stub call at a time from this model's threads (BLS exec and response reads on draining
 # threads, is_cancelled/send on the event loop). A precaution only: under many decoupled BLS calls
 # the 2.51 stub still corrupted its heap with it in place, which is why `engine` defaults to grpc.
 STUB_LOCK = threading.Lock()
 
 
-class _ResponseError(str):
-    """An error response's message, as read on the draining thread."""
+@dataclass(frozen=True)
+class _Refused:
+    """An error response's message, read on the draining thread, and whether the call had been
+    aborted by then (an aborted call ends quietly)."""
+
+    message: str
+    after_abort: bool
 
 
 def _strings(values: Sequence[str]) -> np.ndarray:
     return np.array([v.encode("utf-8") for v in values], dtype=np.object_)
+
+
+def _tensor(value: Any) -> np.ndarray:
+    """A `policy_inputs` value as the tensor `policy` declares: STRING, BOOL or INT32."""
+    if isinstance(value, bool):
+        return np.array([value], dtype=np.bool_)
+    if isinstance(value, int):
+        return np.array([value], dtype=np.int32)
+    return _strings([value])
 
 
 class BlsEngine:
@@ -42,53 +56,44 @@ class BlsEngine:
         self._active: set[str] = set()
 
     def _policy_request(self, call: GenerateCall) -> "pb_utils.InferenceRequest":
-        inputs = [pb_utils.Tensor(name, _strings([value])) for name, value in call.policy_text_inputs().items()]
-        inputs += [
-            pb_utils.Tensor("stream", np.array([True], dtype=np.bool_)),
-            pb_utils.Tensor("priority", np.array([call.priority], dtype=np.int32)),
-        ]
-        return pb_utils.InferenceRequest(
-            model_name=self.policy_model,
-            inputs=inputs,
-            request_id=call.request_id,
-            requested_output_names=["text_output", "sample_index", "num_output_tokens", "finish_reason", "cumulative_logprob"]
-            + (["logprobs"] if call.sampling.logprobs is not None else []),
-        )
+        inputs = [pb_utils.Tensor(name, _tensor(value)) for name, value in policy_inputs(call).items()]
+        return pb_utils.InferenceRequest(model_name=self.policy_model, inputs=inputs, request_id=call.request_id,
+                                         requested_output_names=policy_outputs(call))
 
-    def _drain(self, call: GenerateCall, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> None:
-        """Builds, runs and reads the BLS call on this thread and hands only plain Python objects
-        to the loop: Triton objects never cross threads (the stub has crashed where they did).
-        The request stays active until `policy` ends its stream, however early the consumer
-        stopped listening: that is what lets `abort` reach it."""
+    def _responses(self, call: GenerateCall) -> Iterator[list[SampleDelta] | _Refused]:
+        """Builds, runs and reads the BLS call on the draining thread and yields only plain Python
+        objects: Triton objects never cross threads (the stub has crashed where they did). The
+        request stays active until `policy` ends its stream: that is what lets `abort` reach it."""
+        names = policy_outputs(call)
         try:
             with STUB_LOCK:
                 responses = iter(self._policy_request(call).exec(decoupled=True))
             for response in responses:
                 with STUB_LOCK:
-                    item = _ResponseError(response.error().message()) if response.has_error() else _deltas(response)
+                    if response.has_error():
+                        item: list[SampleDelta] | _Refused = _Refused(response.error().message(), call.request_id in self._aborted)
+                    else:
+                        item = decode_deltas(_outputs(response, names))
                     del response
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-        except Exception as e:  # handed to the awaiting coroutine, raised there
-            loop.call_soon_threadsafe(queue.put_nowait, e)
+                yield item
         finally:
             self._active.discard(call.request_id)
             self._aborted.discard(call.request_id)
-            loop.call_soon_threadsafe(queue.put_nowait, _END)
 
     async def generate(self, call: GenerateCall) -> AsyncIterator[list[SampleDelta]]:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
         self._active.add(call.request_id)
-        self._pool.submit(self._drain, call, loop, queue)
-        while (item := await queue.get()) is not _END:
-            if isinstance(item, _ResponseError):
-                if call.request_id in self._aborted:
-                    continue
-                raise EngineError(f"policy: {item}")
-            if isinstance(item, Exception):
-                raise EngineError(f"policy call failed: {item}")
-            if item:
-                yield item
+        try:
+            async for item in drain(self._pool, lambda: self._responses(call)):
+                if isinstance(item, _Refused):
+                    if item.after_abort:
+                        continue
+                    raise EngineError(f"policy: {item.message}")
+                if item:
+                    yield item
+        except EngineError:
+            raise
+        except Exception as e:
+            raise EngineError(f"policy call failed: {e}") from e
 
     def _send_abort(self, request_id: str) -> bool:
         with STUB_LOCK:
@@ -148,28 +153,7 @@ class BlsEngine:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _deltas(response) -> list[SampleDelta]:
-    def out(name):
-        tensor = pb_utils.get_output_tensor_by_name(response, name)
-        return None if tensor is None else tensor.as_numpy().reshape(-1)
-
-    texts = out("text_output")
-    if texts is None:
-        return []
-    index, tokens, finish, logprob = out("sample_index"), out("num_output_tokens"), out("finish_reason"), out("cumulative_logprob")
-    tops = out("logprobs")
-    deltas = []
-    for i, text in enumerate(texts):
-        reason = finish[i].decode() if finish is not None else ""
-        deltas.append(
-            SampleDelta(
-                index=int(index[i]),
-                text=text.decode("utf-8", errors="replace"),
-                num_tokens=int(tokens[i]),
-                finished=bool(reason),
-                finish_reason=reason or None,
-                cumulative_logprob=None if logprob is None or np.isnan(logprob[i]) else float(logprob[i]),
-                top_logprobs=json.loads(tops[i]) if tops is not None else [],
-            )
-        )
-    return deltas
+def _outputs(response: Any, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The named output tensors of a BLS response as numpy arrays (absent ones left out)."""
+    tensors = {name: pb_utils.get_output_tensor_by_name(response, name) for name in names}
+    return {name: t.as_numpy() for name, t in tensors.items() if t is not None}

@@ -1,16 +1,16 @@
-"""The scheduler_backend Engine over the `policy` model from outside the server (gRPC streams):
-how a user runs reasoning programs client-side today, and the baseline `bench_dynasor` measures
-the in-server `dynasor` model against. Each call owns one stream, drained on a thread."""
+"""The Engine over the `policy` and `reward` models through Triton's gRPC stream: what `dynasor`
+uses by default (its own server's endpoint on loopback), and how a user runs reasoning programs
+client-side (the baseline `bench_dynasor` measures). Each call owns one stream, read by the shared
+drain on a thread of this engine's pool."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import AsyncIterator, Sequence
 
-from engines.grpc_stream import StreamCall, StreamError
+from engines.grpc_stream import StreamCall
+from engines.policy_stream import decode_deltas, drain, policy_inputs
 from scheduler_backend.engine import EngineError, GenerateCall, SampleDelta
-
-_END = object()
 
 
 class GrpcPolicyEngine:
@@ -19,34 +19,22 @@ class GrpcPolicyEngine:
         self._pool = ThreadPoolExecutor(max_workers=max_concurrent_calls, thread_name_prefix="policy-grpc")
         self._calls: dict[str, StreamCall] = {}
 
-    def _inputs(self, call: GenerateCall) -> dict:
-        return {**call.policy_text_inputs(), "stream": True, "priority": call.priority}
-
-    def _drain(self, call: GenerateCall, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> None:
+    def _responses(self, call: GenerateCall) -> Iterator[list[SampleDelta]]:
+        stream = StreamCall(self.url, "policy", policy_inputs(call), request_id=call.request_id)
+        self._calls[call.request_id] = stream
         try:
-            stream = StreamCall(self.url, "policy", self._inputs(call), request_id=call.request_id)
-            self._calls[call.request_id] = stream
             for response in stream:
-                if "text_output" in response.outputs:
-                    loop.call_soon_threadsafe(queue.put_nowait, response.outputs)
-        except (StreamError, TimeoutError, OSError) as e:
-            loop.call_soon_threadsafe(queue.put_nowait, e)
+                yield decode_deltas(response.outputs)
         finally:
             self._calls.pop(call.request_id, None)
-            loop.call_soon_threadsafe(queue.put_nowait, _END)
 
     async def generate(self, call: GenerateCall) -> AsyncIterator[list[SampleDelta]]:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        self._pool.submit(self._drain, call, loop, queue)
-        while (item := await queue.get()) is not _END:
-            if isinstance(item, Exception):
-                raise EngineError(f"policy: {item}")
-            yield [
-                SampleDelta(index=int(i), text=t.decode("utf-8", errors="replace"), num_tokens=int(n),
-                            finished=bool(f), finish_reason=f.decode() or None)
-                for i, t, n, f in zip(item["sample_index"], item["text_output"], item["num_output_tokens"], item["finish_reason"])
-            ]
+        try:
+            async for deltas in drain(self._pool, lambda: self._responses(call)):
+                if deltas:
+                    yield deltas
+        except Exception as e:
+            raise EngineError(f"policy: {e}") from e
 
     async def abort(self, request_id: str) -> None:
         stream = self._calls.pop(request_id, None)
@@ -58,7 +46,10 @@ class GrpcPolicyEngine:
             responses = StreamCall(self.url, "reward", {"question": question, "candidates": list(candidates)}).collect()
             return [float(x) for r in responses if "scores" in r.outputs for x in r.outputs["scores"]]
 
-        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+        except Exception as e:
+            raise EngineError(f"reward: {e}") from e
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,47 +1,31 @@
 """The Engine over an in-process vLLM AsyncLLM: for trace recording, benchmarks and tests that
-drive programs without Triton. Engine arguments come from the same `model.json` the `policy`
-model serves with, so both paths run the same engine. Scores come from the same generative judge
-the `reward` model uses (P(yes) from the first token's logprobs).
+drive programs without Triton. Callers pass the engine arguments and judge settings the `policy`
+and `reward` models serve with (serving/model_config.py reads them), so both paths run the same
+engine; scores come from the same generative judge (P(yes) from the first token's logprobs).
 
 vLLM spawns its engine process: scripts that build one need an `if __name__ == "__main__":` guard.
 """
 from __future__ import annotations
 
 import asyncio
-import json
-from pathlib import Path
-from typing import Any, AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
 
-from scheduler_backend.judge import judge_score
+from engines.vllm_text import render_chat, top_logprobs
 from scheduler_backend.engine import ChatMessage, EngineError, GenerateCall, SampleDelta, SamplingSpec
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-POLICY_MODEL_JSON = REPO_ROOT / "model_repository" / "policy" / "1" / "model.json"
-REWARD_MODEL_JSON = REPO_ROOT / "model_repository" / "reward" / "1" / "model.json"
-
-
-def render_chat(tokenizer: Any, messages: Sequence[ChatMessage]) -> str:
-    """Chat template; a final assistant message is continued, not closed (probing a thought)."""
-    continue_last = messages[-1].role == "assistant"
-    return tokenizer.apply_chat_template(
-        [{"role": m.role, "content": m.content} for m in messages],
-        tokenize=False,
-        add_generation_prompt=not continue_last,
-        continue_final_message=continue_last,
-    )
+from scheduler_backend.judge import judge_score
 
 
 class VllmEngine:
-    """`async with VllmEngine(model_dir) as engine:` starts vLLM and shuts it down on exit."""
+    """`async with VllmEngine(engine_args, judge) as engine:` starts vLLM and shuts it down on exit."""
 
-    def __init__(self, model: str, **overrides: Any):
-        self.engine_args = json.loads(POLICY_MODEL_JSON.read_text())
-        self.engine_args.update(overrides, model=model)
-        self.judge = json.loads(REWARD_MODEL_JSON.read_text())
-        self._llm = None
-        self.tokenizer = None
+    def __init__(self, engine_args: Mapping[str, Any], judge: Mapping[str, Any]):
+        self.engine_args = dict(engine_args)
+        self.judge = dict(judge)
+        self._llm: Any = None
+        self.tokenizer: Any = None
 
-    async def __aenter__(self) -> "VllmEngine":
+    async def __aenter__(self) -> VllmEngine:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -50,11 +34,14 @@ class VllmEngine:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def shutdown(self) -> None:
         if self._llm is not None:
             self._llm.shutdown()
             self._llm = None
 
-    def _params(self, spec: SamplingSpec):
+    def _params(self, spec: SamplingSpec) -> Any:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -64,7 +51,8 @@ class VllmEngine:
     async def generate(self, call: GenerateCall) -> AsyncIterator[list[SampleDelta]]:
         from vllm.v1.engine.exceptions import EngineDeadError
 
-        prompt = render_chat(self.tokenizer, call.messages) if call.messages else call.prompt
+        messages = [{"role": m.role, "content": m.content} for m in call.messages]
+        prompt = render_chat(self.tokenizer, messages) if messages else call.prompt
         try:
             async for out in self._llm.generate(prompt, self._params(call.sampling), call.request_id, priority=call.priority):
                 yield [
@@ -75,7 +63,7 @@ class VllmEngine:
                         finished=c.finish_reason is not None,
                         finish_reason=c.finish_reason,
                         cumulative_logprob=c.cumulative_logprob,
-                        top_logprobs=[{lp.decoded_token: lp.logprob for lp in step.values()} for step in (c.logprobs or [])],
+                        top_logprobs=top_logprobs(c),
                     )
                     for c in out.outputs
                 ]

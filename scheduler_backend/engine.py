@@ -1,12 +1,11 @@
 """The engine interface every driver of the programs talks to.
 
-The server (Triton BLS to `policy`/`reward`), the direct vLLM engine (traces, benchmarks) and the
-scripted engine (unit tests) all implement it, so the programs and the scheduler never know which
-one runs them.
+The engines in `engines/` implement it (Triton gRPC and BLS to `policy`/`reward` for the server,
+the direct vLLM engine for traces, the scripted engine for unit tests), so the programs and the
+scheduler never know which one runs them; tests/engine_contract.py checks each against it.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Protocol, Sequence
 
@@ -41,22 +40,6 @@ class GenerateCall:
     prompt: str = ""
     priority: int = 0
 
-    def policy_text_inputs(self) -> dict[str, str]:
-        """The `policy` model's text inputs for this call (sampling_parameters, and messages or
-        text_input), shared by every engine that reaches `policy` through Triton."""
-        s = self.sampling
-        sampling: dict = {"n": s.n, "max_tokens": s.max_tokens, "temperature": s.temperature, "top_p": s.top_p}
-        if s.stop:
-            sampling["stop"] = list(s.stop)
-        if s.logprobs is not None:
-            sampling["logprobs"] = s.logprobs
-        inputs = {"sampling_parameters": json.dumps(sampling)}
-        if self.messages:
-            inputs["messages"] = json.dumps([{"role": m.role, "content": m.content} for m in self.messages])
-        else:
-            inputs["text_input"] = self.prompt
-        return inputs
-
 
 @dataclass
 class SampleDelta:
@@ -86,4 +69,8 @@ class Engine(Protocol):
 
     async def score(self, question: str, candidates: Sequence[str]) -> list[float]:
         """Reward in [0, 1] per candidate (partial) solution of `question`."""
+        ...
+
+    def shutdown(self) -> None:
+        """Release the engine's threads and connections; no call is made after it."""
         ...

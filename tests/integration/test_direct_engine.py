@@ -7,12 +7,13 @@ import os
 
 import pytest
 
-from serving.launcher import MODELS_DIR
+from serving.model_config import judge_settings, policy_engine_args
 from scheduler_backend.registry import create
 from scheduler_backend.runner import ProgramRunner
 from scheduler_backend.scheduler import Scheduler
 from scheduler_backend.traces import record
 from tests.conftest import TEST_MODEL
+from tests.engine_contract import check_engine
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +26,7 @@ def test_self_consistency_and_trace_recording_on_the_direct_vllm_engine(monkeypa
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"))  # pitfall 6
 
     async def go():
-        async with VllmEngine(str(MODELS_DIR / TEST_MODEL), enforce_eager=True) as engine:
+        async with VllmEngine(policy_engine_args(TEST_MODEL, enforce_eager=True), judge_settings()) as engine:
             runner = ProgramRunner(engine, Scheduler())
             program = create("self-consistency", QUESTION, {"budget": 4, "round_size": 2, "max_tokens": 64,
                                                              "answer_format": "number"})
@@ -43,3 +44,15 @@ def test_self_consistency_and_trace_recording_on_the_direct_vllm_engine(monkeypa
     assert [h["steps"] for h in trace["history"]] == [2, 4], "recording runs to the cap, one entry per round"
     assert trace["history"][-1]["tokens_used"] > trace["history"][0]["tokens_used"] > 0
     assert isinstance(trace["correct"], bool)
+
+
+def test_the_direct_vllm_engine_keeps_the_engine_contract(monkeypatch):
+    from engines.vllm_direct import VllmEngine
+
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"))  # pitfall 6
+
+    async def go():
+        async with VllmEngine(policy_engine_args(TEST_MODEL, enforce_eager=True), judge_settings()) as engine:
+            await check_engine(engine, "direct")
+
+    asyncio.run(go())

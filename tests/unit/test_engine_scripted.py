@@ -8,6 +8,7 @@ import pytest
 
 from scheduler_backend.engine import EngineError, GenerateCall, SamplingSpec
 from engines.scripted import ScriptedEngine
+from tests.engine_contract import check_engine
 
 
 def _call(request_id: str = "r1", n: int = 1, max_tokens: int = 100, stop: tuple[str, ...] = (),
@@ -104,3 +105,11 @@ def test_scores_with_the_scorer_and_records_them():
     engine.fail_scores = True
     with pytest.raises(EngineError):
         asyncio.run(engine.score("q?", ["x"]))
+
+
+def test_the_scripted_engine_keeps_the_engine_contract() -> None:
+    engine = ScriptedEngine(lambda call, i: " ".join(f"w{k}" for k in range(40)), delay_s=0.001)
+    asyncio.run(check_engine(engine))
+    engine.shutdown()
+    assert engine.closed
+    assert engine.aborted == ["contract-abort"]

@@ -1,0 +1,22 @@
+"""The served models' settings for tools that run the same engine outside Triton (the direct vLLM
+engine of `dynasor record`, the benchmarks): read from the model repository here, once, so no
+engine reads the repository itself."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from serving.launcher import MODEL_REPOSITORY, resolve_model
+
+
+def policy_engine_args(model: str, **overrides: Any) -> dict[str, Any]:
+    """`policy`'s vLLM engine arguments (model.json) with `model` resolved and `overrides` applied."""
+    args: dict[str, Any] = json.loads((MODEL_REPOSITORY / "policy" / "1" / "model.json").read_text())
+    args.update(overrides, model=resolve_model(model))
+    return args
+
+
+def judge_settings() -> dict[str, Any]:
+    """`reward`'s generative judge: prompt template and the yes/no tokens it reads."""
+    settings: dict[str, Any] = json.loads((MODEL_REPOSITORY / "reward" / "1" / "model.json").read_text())
+    return settings
