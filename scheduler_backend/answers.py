@@ -2,12 +2,14 @@
 programs vote on what the samples mean rather than on how they spell it."""
 from __future__ import annotations
 
-import ctypes
 import functools
 import math
+import multiprocessing
 import re
 import threading
 from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from decimal import Decimal
 from fractions import Fraction
 
@@ -259,34 +261,94 @@ def _equal_normalized(a: str, b: str) -> bool:
     return _sympy_equal(a, b)
 
 
-def _within_deadline(timeout_s: float, a: str, b: str) -> bool:
-    """Compare in a thread; past the deadline, stop it by raising TimeoutError inside it (no signals)."""
-    result: list[bool] = []
-
-    def work() -> None:
-        try:
-            result.append(_equal_normalized(a, b))
-        except Exception:
-            pass
-
+def _serve_comparisons(conn: Connection) -> None:
+    """The worker process: sympy imported once, then one (a, b) -> bool answer per message."""
     _sympy()
-    worker = threading.Thread(target=work, name="answers-equal", daemon=True)
-    worker.start()
-    worker.join(timeout_s)
-    if worker.is_alive():
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(worker.ident), ctypes.py_object(TimeoutError))
-    return bool(result) and result[0]
+    conn.send("ready")
+    while True:
+        try:
+            a, b = conn.recv()
+        except EOFError:
+            return
+        try:
+            result = _equal_normalized(a, b)
+        except Exception:
+            result = False
+        conn.send(result)
+
+
+class SympyWorker:
+    """Runs the sympy comparisons in a child process, one at a time. A comparison past its time
+    limit kills the process, the one way to stop sympy for sure (its big-integer arithmetic holds
+    the GIL, so no thread can be interrupted); the next comparison starts a fresh process."""
+
+    START_TIMEOUT_S = 120.0  # spawn plus the sympy import, on a loaded machine
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._process: BaseProcess | None = None
+        self._conn: Connection | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The live worker process's id, or None when none runs."""
+        return self._process.pid if self._process is not None and self._process.is_alive() else None
+
+    def equal(self, a: str, b: str, timeout_s: float) -> bool:
+        """Whether sympy proves a == b within `timeout_s`; False when it cannot or runs out of time."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.send((a, b))
+                if conn.poll(timeout_s):
+                    return bool(conn.recv())
+            except (EOFError, OSError):
+                pass
+            self._stop()
+            return False
+
+    def stop(self) -> None:
+        """End the worker process (a later comparison starts another)."""
+        with self._lock:
+            self._stop()
+
+    def _connection(self) -> Connection:
+        if self._conn is not None and self._process is not None and self._process.is_alive():
+            return self._conn
+        self._stop()
+        ctx = multiprocessing.get_context("spawn")
+        conn, child = ctx.Pipe()
+        process = ctx.Process(target=_serve_comparisons, args=(child,), name="answers-sympy", daemon=True)
+        process.start()
+        child.close()
+        self._process, self._conn = process, conn
+        if not conn.poll(self.START_TIMEOUT_S) or conn.recv() != "ready":
+            self._stop()
+            raise RuntimeError("answers: the sympy worker process did not start")
+        return conn
+
+    def _stop(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.join()
+        if self._conn is not None:
+            self._conn.close()
+        self._process, self._conn = None, None
+
+
+sympy_worker = SympyWorker()
 
 
 @functools.lru_cache(maxsize=1 << 16)
 def _cached_equal(a: str, b: str, timeout_s: float) -> bool:
     if a == b or (_to_number(a) is not None and _to_number(b) is not None):
         return _equal_normalized(a, b)
-    return _within_deadline(timeout_s, a, b)
+    return sympy_worker.equal(a, b, timeout_s)
 
 
 def answers_equal(a: str | None, b: str | None, timeout_s: float = 1.0) -> bool:
-    """Same value, however written; None (no answer) never equals anything, not even None."""
+    """Same value, however written; None (no answer) never equals anything, not even None.
+    Numbers compare here; expressions go to the sympy worker process, which gets `timeout_s`."""
     if a is None or b is None:
         return False
     return _cached_equal(*sorted((normalize_answer(a), normalize_answer(b))), timeout_s)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
@@ -33,7 +34,6 @@ class _Live:
     program: ReasoningProgram
     admitted: asyncio.Event = field(default_factory=asyncio.Event)
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
-    tokens_per_unit: float = 0.0
 
 
 class ProgramRunner:
@@ -46,6 +46,9 @@ class ProgramRunner:
         self.clock = clock
         self.tokens_per_unit_prior = tokens_per_unit_prior
         self._live: dict[str, _Live] = {}
+        # Programs digest results here, one at a time, off the event loop: comparing answers can
+        # take up to its time limit, and the loop keeps every other program's streams moving.
+        self._results = ThreadPoolExecutor(max_workers=1, thread_name_prefix="program-results")
 
     @property
     def live(self) -> int:
@@ -146,7 +149,7 @@ class ProgramRunner:
                 for task in done:
                     tasks.pop(task)
                     try:
-                        program.on_result(task.result())
+                        await asyncio.get_running_loop().run_in_executor(self._results, program.on_result, task.result())
                     except EngineError as e:
                         program.stop(StopReason.ERROR)
                         return str(e)
