@@ -23,13 +23,13 @@ from engines.triton_grpc import GrpcPolicyEngine
 from scheduler_backend.answers import answers_equal
 from scheduler_backend.registry import create
 from scheduler_backend.runner import ProgramRunner
-from scheduler_backend.scheduler import Scheduler
+from scheduler_backend.scheduler import Scheduler, SchedulingPolicy
 
 
 def client_side(url: str, questions: list[str], options: dict) -> tuple[list[dict], float]:
     async def run_all():
         engine = GrpcPolicyEngine(url)
-        runner = ProgramRunner(engine, Scheduler(max_running=len(questions), policy="fcfs"))
+        runner = ProgramRunner(engine, Scheduler(max_running=len(questions), policy=SchedulingPolicy.FCFS))
         try:
             states = await asyncio.gather(*(runner.run(f"client-{i}", create("self-consistency", q, options))
                                             for i, q in enumerate(questions)))

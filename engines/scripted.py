@@ -53,9 +53,6 @@ class ScriptedEngine:
         """Make the call with this id raise EngineError when it starts."""
         self._failing.add(request_id)
 
-    def priorities(self) -> list[int]:
-        return [c.priority for c in self.calls]
-
     async def generate(self, call: GenerateCall) -> AsyncIterator[list[SampleDelta]]:
         self.calls.append(call)
         if call.request_id in self._failing:

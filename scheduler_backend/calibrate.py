@@ -22,6 +22,7 @@ import numpy as np
 
 from scheduler_backend.allocation import AllocationPolicy, CurvePolicy, ThresholdPolicy, Verdict, policy_to_dict
 from scheduler_backend.answers import answers_equal
+from scheduler_backend.errors import RequestError
 
 SETTLE_GRID = tuple(round(0.3 + 0.05 * i, 2) for i in range(15))  # 0.30 .. 1.00
 HOPELESS_GRID = (0.05, 0.1, 0.2, 0.3)
@@ -29,16 +30,12 @@ HOPELESS_STEP_FACTORS = (2, 4)  # hopeless_step = factor * detect_step
 MAX_DETECT_STEPS = 16  # detect steps tried, spread over the steps the traces recorded
 
 
-class TraceError(ValueError):
-    """A trace file or line is malformed; the message names the file, line and field."""
-
-
 def replay(trace: dict, policy: AllocationPolicy) -> tuple[int, str | None, int]:
     """Where `policy` would have stopped this capped run: (history index, answer, tokens used).
     A run the policy never stops ends at its last recorded step, as it did."""
     history = trace["history"]
     if not history:
-        raise TraceError("history: empty, nothing to replay")
+        raise RequestError("history: empty, nothing to replay")
     budget = trace["budget"]
     for index, entry in enumerate(history):
         if policy.verdict(entry["certaindex"], entry["steps"], budget) is not Verdict.CONTINUE:
@@ -171,7 +168,7 @@ def fit_curve(traces: Sequence[dict], detect_step: int, hopeless: float | None =
 def calibrate(traces: Sequence[dict], max_accuracy_drop: float = 0.01, hopeless: bool = True) -> dict[str, Any]:
     """The calibration document: the chosen threshold policy, the fitted curve, and a report."""
     if not traces:
-        raise TraceError("no traces to calibrate on")
+        raise RequestError("no traces to calibrate on")
     table = _Table.build(traces)
     cap_stops = table.last
     cap_tokens, cap_accuracy = table.outcome(cap_stops)
@@ -217,9 +214,9 @@ def _saved(tokens: int, cap_tokens: int) -> float:
 
 
 def _check_trace(trace: Any, where: str) -> dict:
-    """A trace as the recorder writes it, or TraceError naming the first bad field."""
-    def bad(field: str, why: str) -> TraceError:
-        return TraceError(f"{where}: {field}: {why}")
+    """A trace as the recorder writes it, or RequestError naming the first bad field."""
+    def bad(field: str, why: str) -> RequestError:
+        return RequestError(f"{where}: {field}: {why}")
 
     if not isinstance(trace, dict):
         raise bad("trace", f"expected a JSON object, got {type(trace).__name__}")
@@ -257,7 +254,7 @@ def load_traces(path: str | Path) -> list[dict]:
     try:
         lines = path.read_text().splitlines()
     except OSError as exc:
-        raise TraceError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+        raise RequestError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     traces = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -265,7 +262,7 @@ def load_traces(path: str | Path) -> list[dict]:
         try:
             trace = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise TraceError(f"{path}:{number}: not valid JSON: {exc}") from exc
+            raise RequestError(f"{path}:{number}: not valid JSON: {exc}") from exc
         traces.append(_check_trace(trace, f"{path}:{number}"))
     return traces
 
@@ -314,12 +311,12 @@ def main(argv: list[str] | None = None) -> int:
             traces = [t for t in traces if t["program"] == args.program]
         programs = sorted({t["program"] for t in traces})
         if len(programs) > 1:
-            raise TraceError(f"{args.traces}: traces of several programs ({', '.join(programs)}); "
+            raise RequestError(f"{args.traces}: traces of several programs ({', '.join(programs)}); "
                              "certaindex means something different in each: pick one with --program")
         if not traces:
-            raise TraceError(f"{args.traces}: no traces" + (f" of program {args.program!r}" if args.program else ""))
+            raise RequestError(f"{args.traces}: no traces" + (f" of program {args.program!r}" if args.program else ""))
         doc = calibrate(traces, args.max_accuracy_drop, args.hopeless)
-    except TraceError as exc:
+    except RequestError as exc:
         print(f"dynasor calibrate: error: {exc}", file=sys.stderr)
         return 2
     Path(args.output).write_text(json.dumps(doc, indent=2) + "\n")

@@ -1,5 +1,5 @@
 """Which programs a server offers and how a request's options become one: everything a client sends
-is validated here, at the door, and every refusal (`OptionError`) starts with the field's path, so a
+is validated here, at the door, and every refusal (`RequestError`) starts with the field's path, so a
 client can fix its request without reading server logs.
 
 Programs plug in by `register(name, factory)` in code, or by `load_plugins(["pkg.module:factory"])`
@@ -15,12 +15,9 @@ from typing import Any, Callable, Iterable, Mapping, Union
 
 from scheduler_backend.allocation import AllocationPolicy, ThresholdPolicy, policy_from_dict
 from scheduler_backend.answers import ANSWER_FORMATS
+from scheduler_backend.errors import RequestError
 from scheduler_backend.program import ReasoningProgram
 from scheduler_backend.programs import EFFORTS, CotProbe, Mcts, Rebase, SelfConsistency
-
-
-class OptionError(ValueError):
-    """A refused request; the message starts with the offending field's path."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +50,7 @@ class Number:
         if not (typed and math.isfinite(value) and self.lo <= value <= hi):
             what = "an integer" if self.integer else "a number"
             null = " or null" if self.nullable else ""
-            raise OptionError(f"{path}: must be {what} in [{self.lo:g}, {hi:.15g}]{null}, got {value!r}")
+            raise RequestError(f"{path}: must be {what} in [{self.lo:g}, {hi:.15g}]{null}, got {value!r}")
         return value if self.integer else float(value)
 
 
@@ -72,7 +69,7 @@ class Choice:
 
     def check(self, path: str, value: Any, limits: Limits) -> str:
         if not isinstance(value, str) or value not in self.choices:
-            raise OptionError(f"{path}: must be one of {', '.join(self.choices)}; got {value!r}")
+            raise RequestError(f"{path}: must be one of {', '.join(self.choices)}; got {value!r}")
         return value
 
 
@@ -86,7 +83,7 @@ class Allocation:
     def check(self, path: str, value: Any, limits: Limits) -> str | dict:
         if value == "threshold" or isinstance(value, dict):
             return value
-        raise OptionError(f"{path}: must be \"threshold\" or a policy object, got {value!r}")
+        raise RequestError(f"{path}: must be \"threshold\" or a policy object, got {value!r}")
 
 
 Spec = Union[Number, Choice, Allocation]
@@ -167,19 +164,19 @@ def defaults(name: str) -> dict[str, Any]:
 
 def _factory(name: Any) -> ProgramFactory:
     if not isinstance(name, str):
-        raise OptionError(f"program: must be a string, got {name!r}")
+        raise RequestError(f"program: must be a string, got {name!r}")
     if name not in _REGISTRY:
-        raise OptionError(f"program: unknown program {name!r}; known: {', '.join(programs())}")
+        raise RequestError(f"program: unknown program {name!r}; known: {', '.join(programs())}")
     return _REGISTRY[name]
 
 
 def _question(question: Any, limits: Limits) -> str:
     if not isinstance(question, str):
-        raise OptionError(f"text_input: must be a string, got {type(question).__name__}")
+        raise RequestError(f"text_input: must be a string, got {type(question).__name__}")
     if not question.strip():
-        raise OptionError("text_input: the question is empty")
+        raise RequestError("text_input: the question is empty")
     if len(question) > limits.max_question_chars:
-        raise OptionError(f"text_input: {len(question)} characters, at most {limits.max_question_chars}")
+        raise RequestError(f"text_input: {len(question)} characters, at most {limits.max_question_chars}")
     return question
 
 
@@ -188,39 +185,39 @@ def _policy(values: Mapping[str, Any], given: Iterable[str]) -> AllocationPolicy
     if isinstance(allocation, dict):
         clash = [k for k in _THRESHOLD_KNOBS if k in given]
         if clash:
-            raise OptionError(f"options.{clash[0]}: not used with an allocation policy object; set it there")
+            raise RequestError(f"options.{clash[0]}: not used with an allocation policy object; set it there")
         try:
             return policy_from_dict(allocation)
         except ValueError as e:  # its messages start with the policy's field
-            raise OptionError(f"options.allocation.{e}") from None
+            raise RequestError(f"options.allocation.{e}") from None
         except TypeError as e:
-            raise OptionError(f"options.allocation: {e}") from None
+            raise RequestError(f"options.allocation: {e}") from None
     settle, detect, hopeless, hopeless_step = (values[k] for k in _THRESHOLD_KNOBS)
     if hopeless is not None and hopeless >= settle:
-        raise OptionError(f"options.hopeless_threshold: must be below settle_threshold ({settle:g}), got {hopeless:g}")
+        raise RequestError(f"options.hopeless_threshold: must be below settle_threshold ({settle:g}), got {hopeless:g}")
     if hopeless_step is not None and (hopeless is None or hopeless_step < detect):
-        raise OptionError(f"options.hopeless_step: needs hopeless_threshold and must be >= detect_step ({detect})")
+        raise RequestError(f"options.hopeless_step: needs hopeless_threshold and must be >= detect_step ({detect})")
     return ThresholdPolicy(settle=settle, detect_step=detect, hopeless=hopeless, hopeless_step=hopeless_step)
 
 
 def create(name: str, question: str, options: Mapping[str, Any], limits: Limits | None = None) -> ReasoningProgram:
-    """The program `name` for `question`, built from client `options`, or OptionError."""
+    """The program `name` for `question`, built from client `options`, or RequestError."""
     limits = limits or Limits()
     factory = _factory(name)
     question = _question(question, limits)
     if not isinstance(options, Mapping):
-        raise OptionError(f"options: must be an object, got {type(options).__name__}")
+        raise RequestError(f"options: must be an object, got {type(options).__name__}")
     specs = factory.specs()
     for key in options:
         if key not in specs:
-            raise OptionError(f"options.{key}: unknown option for {name}; known: {', '.join(sorted(specs))}")
+            raise RequestError(f"options.{key}: unknown option for {name}; known: {', '.join(sorted(specs))}")
     values = {k: spec.check(f"options.{k}", options[k], limits) if k in options else spec.default
               for k, spec in specs.items()}
     policy = _policy(values, options)
     try:
         return factory.build(question, values, policy)
     except ValueError as e:
-        raise OptionError(f"options.{e}") from None
+        raise RequestError(f"options.{e}") from None
 
 
 register("self-consistency", ProgramFactory("self-consistency", SelfConsistency.from_options, {

@@ -28,6 +28,7 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass, field
+from enum import Enum
 
 _INT31 = 2**31 - 1
 _URGENT_BASE = -(2**30)
@@ -35,13 +36,20 @@ _DEADLINE_QUANTUM_S = 0.01  # EDF resolution of urgent priorities
 _COMPACT_SLACK = 64  # rebuild a heap once stale entries outnumber live ones by this much
 
 
+class SchedulingPolicy(str, Enum):
+    """How waiting programs are ordered: shortest predicted remaining work first (with aging and
+    deadline urgency), or first come, first served (the baseline)."""
+
+    SJF = "sjf"
+    FCFS = "fcfs"
+
+
 @dataclass
 class Decisions:
-    """What `schedule` decided: programs newly allowed to issue requests, and the engine priority
-    of every running program (lower runs first)."""
+    """What `schedule` decided: programs newly allowed to issue requests (their engine priority
+    is `Scheduler.priority`)."""
 
     admit: list[str] = field(default_factory=list)
-    priorities: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -67,7 +75,7 @@ class Scheduler:
         aging_per_s: float = 50.0,
         deadline_margin_s: float = 2.0,
         priority_quantum: float = 1.0,
-        policy: str = "sjf",
+        policy: SchedulingPolicy | str = SchedulingPolicy.SJF,
         work_per_s: float | None = None,
     ):
         if isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 1:
@@ -78,7 +86,7 @@ class Scheduler:
             raise ValueError(f"deadline_margin_s: must be finite and >= 0, got {deadline_margin_s!r}")
         if not (math.isfinite(priority_quantum) and priority_quantum > 0):
             raise ValueError(f"priority_quantum: must be finite and > 0, got {priority_quantum!r}")
-        if policy not in ("sjf", "fcfs"):
+        if policy not in {p.value for p in SchedulingPolicy}:
             raise ValueError(f"policy: must be 'sjf' or 'fcfs', got {policy!r}")
         if work_per_s is not None and not (math.isfinite(work_per_s) and work_per_s > 0):
             raise ValueError(f"work_per_s: must be finite and > 0 (or None), got {work_per_s!r}")
@@ -86,7 +94,7 @@ class Scheduler:
         self.aging_per_s = float(aging_per_s)
         self.deadline_margin_s = float(deadline_margin_s)
         self.priority_quantum = float(priority_quantum)
-        self.policy = policy
+        self.policy = SchedulingPolicy(policy)
         self.work_per_s = work_per_s
         self._programs: dict[str, _Program] = {}
         self._priorities: dict[str, int] = {}  # running programs only
@@ -103,10 +111,6 @@ class Scheduler:
     @property
     def running(self) -> int:
         return len(self._priorities)
-
-    @property
-    def waiting(self) -> int:
-        return self._waiting
 
     def add(self, pid: str, now: float, predicted_work: float, deadline: float | None = None) -> None:
         """A new program arrives; it waits until `schedule` admits it."""
@@ -155,7 +159,7 @@ class Scheduler:
             self._waiting -= 1
             self._priorities[pid] = prog.priority
             admit.append(pid)
-        return Decisions(admit=admit, priorities=dict(self._priorities))
+        return Decisions(admit=admit)
 
     def _get(self, pid: str) -> _Program:
         try:
@@ -165,7 +169,7 @@ class Scheduler:
 
     def _rekey(self, pid: str, prog: _Program) -> None:
         """Recompute the key and priority after arrival or new work; queue fresh heap entries."""
-        if self.policy == "fcfs":
+        if self.policy is SchedulingPolicy.FCFS:
             prog.key = float(prog.seq)
             prog.priority = min(prog.seq, _INT31)
         else:

@@ -92,7 +92,7 @@ def test_records_calls_with_priority_and_the_script_sees_the_call():
     _, samples = asyncio.run(_collect(engine, _call("a", n=2, priority=7)))
     asyncio.run(_collect(engine, _call("b", priority=-3)))
     assert [c.request_id for c in engine.calls] == ["a", "b"]
-    assert engine.priorities() == [7, -3]
+    assert [c.priority for c in engine.calls] == [7, -3]
     assert [samples[0]["text"], samples[1]["text"]] == ["a/0", "a/1"]
 
 

@@ -11,7 +11,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "model_repository" / "dynasor" / "1"))
 from program_request import parse_program_request  # noqa: E402
 
-from scheduler_backend.registry import Limits, OptionError  # noqa: E402
+from scheduler_backend.errors import RequestError  # noqa: E402
+from scheduler_backend.registry import Limits  # noqa: E402
 
 Q = "What is 3 + 5?"
 
@@ -56,7 +57,7 @@ def test_http_style_parameters_are_options_and_transport_keys_are_ignored():
     ({"options": {"calibration": "x", "allocation": {"kind": "threshold"}}}, "options.calibration"),
 ])
 def test_refusals_name_the_field(kwargs, field):
-    with pytest.raises(OptionError) as err:
+    with pytest.raises(RequestError) as err:
         parse(**kwargs)
     assert str(err.value).startswith(field), str(err.value)
 

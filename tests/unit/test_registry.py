@@ -9,14 +9,15 @@ from scheduler_backend.allocation import CurvePolicy, ThresholdPolicy
 from scheduler_backend.engine import SamplingSpec
 from scheduler_backend.program import ReasoningProgram, StopReason
 from scheduler_backend.programs import CotProbe, Mcts, Rebase, SelfConsistency
-from scheduler_backend.registry import Limits, OptionError, ProgramFactory, create
+from scheduler_backend.errors import RequestError
+from scheduler_backend.registry import Limits, ProgramFactory, create
 
 Q = "What is 2 + 3?"
 
 
 def _refused(field: str, name: str = "self-consistency", question: object = Q, options: object = None,
              limits: Limits | None = None) -> str:
-    with pytest.raises(OptionError) as err:
+    with pytest.raises(RequestError) as err:
         create(name, question, {} if options is None else options, limits)
     message = str(err.value)
     assert message.startswith(field + ":"), message

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scheduler_backend import scheduler as scheduler_module
-from scheduler_backend.scheduler import Scheduler
+from scheduler_backend.scheduler import Scheduler, SchedulingPolicy
 
 
 def test_sjf_admits_by_predicted_remaining_work() -> None:
@@ -37,18 +37,19 @@ def test_gang_priorities_one_per_running_program_ordered_by_work() -> None:
     for pid in ["a", "b", "c", "d"]:
         sched.add(pid, 0.0, works[pid])
     decisions = sched.schedule(0.0)
-    assert set(decisions.priorities) == set(decisions.admit) == {"a", "b", "c", "d"}
-    assert all(isinstance(p, int) and sched.priority(pid) == p for pid, p in decisions.priorities.items())
-    by_work = sorted(decisions.priorities, key=works.get)
-    prios = [decisions.priorities[pid] for pid in by_work]
+    assert set(decisions.admit) == {"a", "b", "c", "d"}
+    priorities = {pid: sched.priority(pid) for pid in decisions.admit}
+    assert all(isinstance(p, int) for p in priorities.values())
+    prios = [priorities[pid] for pid in sorted(priorities, key=works.get)]
     assert all(x < y for x, y in zip(prios, prios[1:])), prios
-    # A new arrival does not renumber the running programs, and a waiting one is not in the dict.
+    # A new arrival does not renumber the running programs.
     sched.add("e", 0.0, works["e"])
-    again = sched.schedule(0.0)
-    assert again.priorities == decisions.priorities
+    assert sched.schedule(0.0).admit == []
+    assert {pid: sched.priority(pid) for pid in priorities} == priorities
     # Less predicted work after a step moves a running program earlier.
     sched.update("a", 10.0)
-    assert sched.schedule(0.0).priorities["a"] < decisions.priorities["b"]
+    sched.schedule(0.0)
+    assert sched.priority("a") < priorities["b"]
 
 
 def test_aging_lets_an_old_long_program_pass_a_new_short_one() -> None:
@@ -79,9 +80,8 @@ def test_urgent_programs_run_earliest_deadline_first_and_before_all_others() -> 
     sched.add("small", 0.0, 1.0)
     sched.add("later", 0.0, 1.0)
     assert sched.schedule(0.0).admit == ["small", "later", "late"]
-    decisions = sched.schedule(5.0)  # both deadlines within the margin now
-    prios = decisions.priorities
-    assert prios["late"] < prios["small"] and prios["late"] < prios["later"]
+    sched.schedule(5.0)  # both deadlines within the margin now
+    assert sched.priority("late") < sched.priority("small") and sched.priority("late") < sched.priority("later")
     sched.remove("small")
     assert sched.schedule(5.0).admit == ["soon"]
     assert sched.priority("soon") < sched.priority("late")  # earlier deadline
@@ -98,12 +98,13 @@ def test_predicted_remaining_time_makes_a_program_urgent_early() -> None:
 
 
 def test_fcfs_ignores_work() -> None:
-    sched = Scheduler(max_running=2, policy="fcfs")
+    sched = Scheduler(max_running=2, policy=SchedulingPolicy.FCFS)
     for i, work in enumerate([500.0, 1.0, 300.0]):
         sched.add(f"p{i}", float(i), work)
     decisions = sched.schedule(3.0)
     assert decisions.admit == ["p0", "p1"]
-    assert decisions.priorities["p0"] < decisions.priorities["p1"]
+    assert sched.priority("p0") < sched.priority("p1")
+    assert Scheduler(policy="fcfs").policy is SchedulingPolicy.FCFS
 
 
 def test_errors() -> None:

@@ -1,5 +1,6 @@
 """Triton glue for the reasoning programs: one request = one program, run by the shared
-scheduler_backend runner over BLS calls to `policy` and `reward`, progress streamed back.
+scheduler_backend runner over calls to `policy` and `reward` (the `engine` parameter: this
+server's own gRPC endpoint by default, or BLS), progress streamed back.
 
 All logic lives in scheduler_backend; this file only parses requests at the door, sends
 responses, watches for cancellation and exports metrics. The runner lives on an asyncio loop in
@@ -8,7 +9,6 @@ its own thread; `execute` only hands requests to that loop.
 import asyncio
 import json
 import locale
-import os
 import traceback
 import threading
 import uuid
@@ -22,17 +22,19 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 from engines.triton_bls import STUB_LOCK, BlsEngine  # noqa: E402
 from program_request import parse_program_request  # noqa: E402
 from scheduler_backend.program import ProgramState, StopReason  # noqa: E402
-from scheduler_backend.registry import Limits, OptionError, load_plugins  # noqa: E402
+from scheduler_backend.errors import RequestError  # noqa: E402
+from scheduler_backend.registry import Limits, load_plugins  # noqa: E402
 from scheduler_backend.runner import ProgramRunner  # noqa: E402
-from scheduler_backend.scheduler import Scheduler  # noqa: E402
+from scheduler_backend.engine import Engine  # noqa: E402
+from scheduler_backend.scheduler import Scheduler, SchedulingPolicy  # noqa: E402
+from serving.triton_model import Metrics, parameters, scalar_input, send_error  # noqa: E402
 
 _CERTAINDEX_BUCKETS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0]
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        p = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        p = parameters(args)
         self.default_program = p.get("default_program", "self-consistency")
         self.limits = Limits(
             max_budget=int(p.get("max_budget", "64")),
@@ -46,16 +48,20 @@ class TritonPythonModel:
         if plugins:
             load_plugins(plugins)
         calls = int(p.get("max_concurrent_bls_calls", "256"))
-        if p.get("engine", "bls") == "grpc":
+        engine = p.get("engine", "grpc")
+        if engine == "grpc":
             from engines.triton_grpc import GrpcPolicyEngine
 
-            self.engine = GrpcPolicyEngine(p.get("policy_grpc_url", "127.0.0.1:8001"), calls)
-        else:
+            self.engine: Engine = GrpcPolicyEngine(p.get("policy_grpc_url", "127.0.0.1:8001"), calls)
+        elif engine == "bls":
             self.engine = BlsEngine(p.get("policy_model", "policy"), p.get("reward_model", "reward"), calls)
+        else:
+            raise pb_utils.TritonModelException(f"parameters.engine: 'grpc' or 'bls', got {engine!r}")
         scheduler = Scheduler(max_running=int(p.get("max_running_programs", "16")), aging_per_s=float(p.get("aging_per_s", "50")),
-                              policy=p.get("scheduling_policy", "sjf"))
+                              policy=SchedulingPolicy(p.get("scheduling_policy", "sjf")))
         self.runner = ProgramRunner(self.engine, scheduler)
-        self.metrics = _Metrics(args["model_name"])
+        self.metrics = Metrics(args["model_name"], _METRICS)
+        self.in_flight = self.metrics.metric("dynasor_programs_in_flight")
         self.logger = pb_utils.Logger
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="dynasor-loop", daemon=True)
@@ -78,7 +84,7 @@ class TritonPythonModel:
             # Every request gets its final response, whatever went wrong, or its client waits forever.
             with STUB_LOCK:
                 self.logger.log_error(f"[dynasor] request failed: {traceback.format_exc()}")
-                _send_error(sender, f"dynasor failed: {type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL)
+                send_error(sender, f"dynasor failed: {type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL)
 
     async def _serve_checked(self, request, sender) -> None:
         with STUB_LOCK:
@@ -86,7 +92,7 @@ class TritonPythonModel:
             if req is None:
                 return
             pid = f"{request.request_id() or 'program'}-{uuid.uuid4().hex[:8]}"
-            self.metrics.in_flight.increment(1)
+            self.in_flight.increment(1)
         watcher = asyncio.ensure_future(self._watch_cancel(sender, pid))
 
         def progress(state: ProgramState) -> None:
@@ -100,13 +106,13 @@ class TritonPythonModel:
         finally:
             watcher.cancel()
             with STUB_LOCK:
-                self.metrics.in_flight.increment(-1)
+                self.in_flight.increment(-1)
         with STUB_LOCK:
-            self.metrics.record(state, req.program_name, req.deadline_s)
+            _record(self.metrics, state, req.program_name, req.deadline_s)
             if state.stop_reason is StopReason.CANCELLED and sender.is_cancelled():
-                _send_error(sender, "program was cancelled", pb_utils.TritonError.CANCELLED)
+                send_error(sender, "program was cancelled", pb_utils.TritonError.CANCELLED)
             elif state.stop_reason is StopReason.ERROR:
-                _send_error(sender, f"program failed: {state.extra.get('error', 'engine error')}", pb_utils.TritonError.UNAVAILABLE)
+                send_error(sender, f"program failed: {state.extra.get('error', 'engine error')}", pb_utils.TritonError.UNAVAILABLE)
             else:
                 sender.send(_response(state), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
@@ -115,18 +121,18 @@ class TritonPythonModel:
         Called under STUB_LOCK: it reads the request's tensors."""
         try:
             return parse_program_request(
-                _input(request, "text_input"),
-                _input(request, "program"),
-                _input(request, "options"),
+                scalar_input(request, "text_input"),
+                scalar_input(request, "program"),
+                scalar_input(request, "options"),
                 json.loads(request.parameters() or "{}"),
                 default_program=self.default_program,
                 limits=self.limits,
                 max_deadline_s=self.max_deadline_s,
                 calibration_dir=self.calibration_dir,
             )
-        except OptionError as e:
+        except RequestError as e:
             self.metrics.count("dynasor_programs_total", {"stop_reason": "invalid"})
-            _send_error(sender, str(e), pb_utils.TritonError.INVALID_ARG)
+            send_error(sender, str(e), pb_utils.TritonError.INVALID_ARG)
             return None
 
     async def _watch_cancel(self, sender, pid: str) -> None:
@@ -150,16 +156,6 @@ class TritonPythonModel:
         self.engine.shutdown()
 
 
-def _input(request, name: str):
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    if tensor is None:
-        return None
-    values = tensor.as_numpy().reshape(-1)
-    if values.size != 1:
-        raise OptionError(f"{name}: expected one element, got {values.size}")
-    return values[0]
-
-
 def _response(state: ProgramState):
     details = {"budget": state.budget, **state.extra}
     tensors = [
@@ -174,46 +170,24 @@ def _response(state: ProgramState):
     return pb_utils.InferenceResponse(output_tensors=tensors)
 
 
-def _send_error(sender, message: str, code) -> None:
-    sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code)), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+_METRICS = (
+    ("dynasor_programs_in_flight", "Reasoning programs running or queued", "gauge"),
+    ("dynasor_programs_total", "Programs ended, by program and stop reason", "counter"),
+    ("dynasor_program_certaindex_at_stop", "Certaindex of programs when they stopped", "histogram"),
+    ("dynasor_program_tokens_used_total", "Tokens generated for programs", "counter"),
+    ("dynasor_program_tokens_saved_total", "Tokens not spent against the cap (unused knob units times tokens per unit)", "counter"),
+    ("dynasor_program_deadline_total", "Programs with a deadline, by outcome (met, missed)", "counter"),
+)
 
 
-class _Metrics:
-    """Program-level metrics on Triton's metrics port, labelled by model (and program/outcome)."""
-
-    def __init__(self, model: str):
-        self.labels = {"model": model}
-        kinds = pb_utils.MetricFamily
-        self.families = {
-            name: kinds(name, doc, kind)
-            for name, doc, kind in (
-                ("dynasor_programs_in_flight", "Reasoning programs running or queued", kinds.GAUGE),
-                ("dynasor_programs_total", "Programs ended, by program and stop reason", kinds.COUNTER),
-                ("dynasor_program_certaindex_at_stop", "Certaindex of programs when they stopped", kinds.HISTOGRAM),
-                ("dynasor_program_tokens_used_total", "Tokens generated for programs", kinds.COUNTER),
-                ("dynasor_program_tokens_saved_total", "Tokens not spent against the cap (unused knob units times tokens per unit)", kinds.COUNTER),
-                ("dynasor_program_deadline_total", "Programs with a deadline, by outcome (met, missed)", kinds.COUNTER),
-            )
-        }
-        self.in_flight = self.families["dynasor_programs_in_flight"].Metric(self.labels)
-        self._metrics: dict = {}
-
-    def _metric(self, family: str, labels: dict, **kw):
-        key = (family, tuple(sorted(labels.items())))
-        if key not in self._metrics:
-            self._metrics[key] = self.families[family].Metric({**self.labels, **labels}, **kw)
-        return self._metrics[key]
-
-    def count(self, family: str, labels: dict, value: float = 1) -> None:
-        self._metric(family, labels).increment(value)
-
-    def record(self, state: ProgramState, program: str, deadline_s: float | None) -> None:
-        labels = {"program": program}
-        self.count("dynasor_programs_total", {**labels, "stop_reason": state.stop_reason.value})
-        self._metric("dynasor_program_certaindex_at_stop", labels, buckets=_CERTAINDEX_BUCKETS).observe(state.certaindex)
-        self.count("dynasor_program_tokens_used_total", labels, state.tokens_used)
-        if state.steps and state.budget > state.steps:
-            self.count("dynasor_program_tokens_saved_total", labels, (state.budget - state.steps) * state.tokens_used / state.steps)
-        if deadline_s is not None:
-            met = state.stop_reason is not StopReason.DEADLINE
-            self.count("dynasor_program_deadline_total", {"outcome": "met" if met else "missed"})
+def _record(metrics: Metrics, state: ProgramState, program: str, deadline_s: float | None) -> None:
+    """A finished program's outcome, certaindex, tokens used and saved, and deadline kept."""
+    labels = {"program": program}
+    metrics.count("dynasor_programs_total", {**labels, "stop_reason": state.stop_reason.value})
+    metrics.metric("dynasor_program_certaindex_at_stop", labels, buckets=_CERTAINDEX_BUCKETS).observe(state.certaindex)
+    metrics.count("dynasor_program_tokens_used_total", labels, state.tokens_used)
+    if state.steps and state.budget > state.steps:
+        metrics.count("dynasor_program_tokens_saved_total", labels, (state.budget - state.steps) * state.tokens_used / state.steps)
+    if deadline_s is not None:
+        met = state.stop_reason is not StopReason.DEADLINE
+        metrics.count("dynasor_program_deadline_total", {"outcome": "met" if met else "missed"})

@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from scheduler_backend.registry import Limits, OptionError, create
+from scheduler_backend.allocation import load_policy, policy_to_dict
+from scheduler_backend.errors import RequestError
+from scheduler_backend.registry import Limits, create
+from serving.triton_model import text
 from scheduler_backend.program import ReasoningProgram
 
 _CALIBRATION_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -31,34 +34,27 @@ class ProgramRequest:
     progress: bool
 
 
-def _text(value: Any, field: str) -> str:
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            raise OptionError(f"{field}: not valid UTF-8") from None
-    if isinstance(value, str):
-        return value
-    raise OptionError(f"{field}: expected a string, got {type(value).__name__}")
-
-
 def _deadline(value: Any, max_deadline_s: float) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise OptionError(f"options.deadline_s: expected a number of seconds, got {value!r}")
+        raise RequestError(f"options.deadline_s: expected a number of seconds, got {value!r}")
     if not 0 < value <= max_deadline_s:
-        raise OptionError(f"options.deadline_s: must be in (0, {max_deadline_s:g}], got {value}")
+        raise RequestError(f"options.deadline_s: must be in (0, {max_deadline_s:g}], got {value}")
     return float(value)
 
 
-def _calibration(name: Any, calibration_dir: Path | None) -> dict:
+def _calibration(name: Any, calibration_dir: Path | None) -> dict[str, Any]:
+    """The named calibration's chosen policy, read by the allocation module's own loader."""
     if not isinstance(name, str) or not _CALIBRATION_NAME.match(name):
-        raise OptionError("options.calibration: expected the name of a calibration file (letters, digits, '._-')")
+        raise RequestError("options.calibration: expected the name of a calibration file (letters, digits, '._-')")
     path = calibration_dir / f"{name}.json" if calibration_dir else None
     if path is None or not path.is_file():
-        raise OptionError(f"options.calibration: no calibration named {name!r} on this server")
-    return json.loads(path.read_text())["policy"]
+        raise RequestError(f"options.calibration: no calibration named {name!r} on this server")
+    try:
+        return policy_to_dict(load_policy(path))
+    except ValueError as e:
+        raise RequestError(f"options.calibration: {e}") from None
 
 
 def parse_program_request(
@@ -72,25 +68,25 @@ def parse_program_request(
     max_deadline_s: float,
     calibration_dir: Path | None = None,
 ) -> ProgramRequest:
-    """Validated request, or OptionError naming the first bad field."""
-    question_text = _text(question, "text_input") if question is not None else ""
-    program_name = _text(program, "program") if program is not None else str(parameters.get("program", default_program))
+    """Validated request, or RequestError naming the first bad field."""
+    question_text = text(question, "text_input") if question is not None else ""
+    program_name = text(program, "program") if program is not None else str(parameters.get("program", default_program))
     options = {k: v for k, v in parameters.items() if k not in _TRANSPORT_PARAMETERS and k != "program"}
     if options_json is not None:
         try:
-            given = json.loads(_text(options_json, "options"))
+            given = json.loads(text(options_json, "options"))
         except json.JSONDecodeError as e:
-            raise OptionError(f"options: not valid JSON ({e})") from None
+            raise RequestError(f"options: not valid JSON ({e})") from None
         if not isinstance(given, dict):
-            raise OptionError(f"options: expected a JSON object, got {type(given).__name__}")
+            raise RequestError(f"options: expected a JSON object, got {type(given).__name__}")
         options.update(given)
     deadline_s = _deadline(options.pop("deadline_s", None), max_deadline_s)
     progress = options.pop("progress", True)
     if not isinstance(progress, bool):
-        raise OptionError(f"options.progress: expected true or false, got {progress!r}")
+        raise RequestError(f"options.progress: expected true or false, got {progress!r}")
     if "calibration" in options:
         if "allocation" in options:
-            raise OptionError("options.calibration: give either calibration or allocation, not both")
+            raise RequestError("options.calibration: give either calibration or allocation, not both")
         options["allocation"] = _calibration(options.pop("calibration"), calibration_dir)
     built = create(program_name, question_text, options, limits)
     return ProgramRequest(question_text, program_name, built, deadline_s, progress)

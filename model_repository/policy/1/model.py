@@ -20,7 +20,19 @@ locale.setlocale(locale.LC_ALL, "C.UTF-8")
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
-from sampling_request import RequestError, parse_request  # noqa: E402
+from sampling_request import parse_request  # noqa: E402
+
+from engines.vllm_text import render_chat, top_logprobs  # noqa: E402
+from scheduler_backend.errors import RequestError  # noqa: E402
+from serving.triton_model import Metrics, parameters, send_error  # noqa: E402
+
+_METRICS = (
+    ("dynasor_engine_unfinished_requests", "Requests inside the vLLM engine (running or waiting)", "gauge"),
+    ("dynasor_engine_requests_in_flight", "Triton requests this model is serving", "gauge"),
+    ("dynasor_engine_output_tokens_total", "Tokens generated", "counter"),
+    ("dynasor_engine_deaths_total", "Times the vLLM engine process died", "counter"),
+    ("dynasor_engine_requests_total", "Requests by outcome", "counter"),
+)
 
 _ENGINE_ARGS_FILE = "model.json"
 
@@ -42,7 +54,7 @@ class TritonPythonModel:
     def initialize(self, args):
         self.logger = pb_utils.Logger
         self.model_config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in self.model_config.get("parameters", {}).items()}
+        params = parameters(args)
         self.max_n = int(params.get("max_n", "64"))
         self.max_tokens_limit = int(params.get("max_tokens_limit", "4096"))
         self.restart_dead_engine = params.get("restart_dead_engine", "true").lower() == "true"
@@ -53,7 +65,7 @@ class TritonPythonModel:
             self.engine_config = json.load(f)
         self.engine_config["model"] = _resolve_model_path(self.engine_config["model"], model_dir)
 
-        self._metrics = _Metrics(args["model_name"])
+        self._metrics = Metrics(args["model_name"], _METRICS)
         self._in_flight: dict[str, asyncio.Task] = {}
         self._engine = None
         self._engine_ready = threading.Event()
@@ -92,8 +104,8 @@ class TritonPythonModel:
             engine = self._engine
             if engine is None:
                 continue
-            self._metrics.unfinished.set(engine.get_num_unfinished_requests())
-            self._metrics.in_flight.set(len(self._in_flight))
+            self._metrics.metric("dynasor_engine_unfinished_requests").set(engine.get_num_unfinished_requests())
+            self._metrics.metric("dynasor_engine_requests_in_flight").set(len(self._in_flight))
             if engine.errored:
                 self._engine_died(engine)
 
@@ -105,7 +117,7 @@ class TritonPythonModel:
         self.logger.log_error("[policy] vLLM engine died")
         self._engine = None
         self._engine_ready.clear()
-        self._metrics.engine_deaths.increment(1)
+        self._metrics.count("dynasor_engine_deaths_total")
         self._restart = asyncio.ensure_future(self._replace_dead_engine(engine))
 
     async def _replace_dead_engine(self, engine) -> None:
@@ -131,7 +143,7 @@ class TritonPythonModel:
         except Exception as e:
             # Every request must get its final response, whatever went wrong, or Triton waits on it.
             self.logger.log_error(f"[policy] request failed: {traceback.format_exc()}")
-            _send_error(sender, f"policy failed: {type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL)
+            send_error(sender, f"policy failed: {type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL)
 
     async def _serve_checked(self, request, sender) -> None:
         try:
@@ -142,19 +154,19 @@ class TritonPythonModel:
                 seed_refusal=getattr(self, "seed_refusal", None),
             )
         except RequestError as e:
-            self._metrics.count_request("invalid")
-            _send_error(sender, str(e), pb_utils.TritonError.INVALID_ARG)
+            self._metrics.count("dynasor_engine_requests_total", {"outcome": "invalid"})
+            send_error(sender, str(e), pb_utils.TritonError.INVALID_ARG)
             return
         if parsed.abort_ids:
             await self._abort_many(parsed.abort_ids, sender)
             return
         engine = self._engine
         if engine is None:
-            _send_error(sender, "policy engine is restarting; retry shortly", pb_utils.TritonError.UNAVAILABLE)
+            send_error(sender, "policy engine is restarting; retry shortly", pb_utils.TritonError.UNAVAILABLE)
             return
         request_id = request.request_id() or uuid.uuid4().hex
         if request_id in self._in_flight:
-            _send_error(sender, f"request id {request_id!r} is already in flight", pb_utils.TritonError.INVALID_ARG)
+            send_error(sender, f"request id {request_id!r} is already in flight", pb_utils.TritonError.INVALID_ARG)
             return
         task = asyncio.current_task()
         self._in_flight[request_id] = task
@@ -168,42 +180,34 @@ class TritonPythonModel:
     async def _generate(self, engine, parsed, request_id: str, sender) -> None:
         from vllm.v1.engine.exceptions import EngineDeadError
 
-        prompt = parsed.prompt
-        if parsed.messages:
-            last_is_assistant = parsed.messages[-1]["role"] == "assistant"
-            prompt = self.tokenizer.apply_chat_template(
-                parsed.messages,
-                tokenize=False,
-                add_generation_prompt=not last_is_assistant,
-                continue_final_message=last_is_assistant,
-            )
+        prompt = render_chat(self.tokenizer, parsed.messages) if parsed.messages else parsed.prompt
         params = parsed.sampling_params(stream=parsed.stream)
         final = None
         try:
             async for out in engine.generate(prompt, params, request_id, priority=parsed.priority):
-                self._metrics.output_tokens.increment(sum(len(c.token_ids) for c in out.outputs))
+                self._metrics.count("dynasor_engine_output_tokens_total", value=sum(len(c.token_ids) for c in out.outputs))
                 if parsed.stream:
                     sender.send(_response(out.outputs, parsed.logprobs is not None))
                 final = out
             if not parsed.stream and final is not None:
                 sender.send(_response(final.outputs, parsed.logprobs is not None))
             sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-            self._metrics.count_request("finished")
+            self._metrics.count("dynasor_engine_requests_total", {"outcome": "finished"})
         except asyncio.CancelledError:
             await engine.abort(request_id)
-            self._metrics.count_request("aborted")
-            _send_error(sender, "request was cancelled", pb_utils.TritonError.CANCELLED)
+            self._metrics.count("dynasor_engine_requests_total", {"outcome": "aborted"})
+            send_error(sender, "request was cancelled", pb_utils.TritonError.CANCELLED)
         except EngineDeadError as e:
             self._engine_died(engine)
-            self._metrics.count_request("engine_dead")
-            _send_error(sender, f"policy engine died while serving this request: {e}", pb_utils.TritonError.UNAVAILABLE)
+            self._metrics.count("dynasor_engine_requests_total", {"outcome": "engine_dead"})
+            send_error(sender, f"policy engine died while serving this request: {e}", pb_utils.TritonError.UNAVAILABLE)
         except ValueError as e:
-            self._metrics.count_request("invalid")
-            _send_error(sender, f"sampling_parameters: {e}", pb_utils.TritonError.INVALID_ARG)
+            self._metrics.count("dynasor_engine_requests_total", {"outcome": "invalid"})
+            send_error(sender, f"sampling_parameters: {e}", pb_utils.TritonError.INVALID_ARG)
         except Exception as e:
             self.logger.log_error(f"[policy] generation failed: {traceback.format_exc()}")
-            self._metrics.count_request("error")
-            _send_error(sender, f"generation failed: {type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL)
+            self._metrics.count("dynasor_engine_requests_total", {"outcome": "error"})
+            send_error(sender, f"generation failed: {type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL)
 
     async def _watch_cancel(self, sender, request_id: str) -> None:
         """A waiting request produces no output to piggyback a cancel check on: poll instead."""
@@ -281,7 +285,7 @@ def _response(outputs, with_logprobs: bool):
                 "logprobs",
                 np.array(
                     [
-                        json.dumps([{lp.decoded_token: lp.logprob for lp in step.values()} for step in (c.logprobs or [])])
+                        json.dumps(top_logprobs(c))
                         for c in outputs
                     ],
                     dtype=np.object_,
@@ -289,41 +293,3 @@ def _response(outputs, with_logprobs: bool):
             )
         )
     return pb_utils.InferenceResponse(output_tensors=tensors)
-
-
-def _send_error(sender, message: str, code) -> None:
-    sender.send(
-        pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code)),
-        flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
-    )
-
-
-class _Metrics:
-    """Engine statistics on Triton's metrics port, labelled by model."""
-
-    def __init__(self, model: str):
-        gauge, counter = pb_utils.MetricFamily.GAUGE, pb_utils.MetricFamily.COUNTER
-        labels = {"model": model}
-        # A family must outlive its metrics, so every family is kept here.
-        self._families = {
-            name: pb_utils.MetricFamily(name, doc, kind)
-            for name, doc, kind in (
-                ("dynasor_engine_unfinished_requests", "Requests inside the vLLM engine (running or waiting)", gauge),
-                ("dynasor_engine_requests_in_flight", "Triton requests this model is serving", gauge),
-                ("dynasor_engine_output_tokens_total", "Tokens generated", counter),
-                ("dynasor_engine_deaths_total", "Times the vLLM engine process died", counter),
-                ("dynasor_engine_requests_total", "Requests by outcome", counter),
-            )
-        }
-        self.unfinished = self._families["dynasor_engine_unfinished_requests"].Metric(labels)
-        self.in_flight = self._families["dynasor_engine_requests_in_flight"].Metric(labels)
-        self.output_tokens = self._families["dynasor_engine_output_tokens_total"].Metric(labels)
-        self.engine_deaths = self._families["dynasor_engine_deaths_total"].Metric(labels)
-        self._requests = self._families["dynasor_engine_requests_total"]
-        self._labels = labels
-        self._by_outcome = {}
-
-    def count_request(self, outcome: str) -> None:
-        if outcome not in self._by_outcome:
-            self._by_outcome[outcome] = self._requests.Metric({**self._labels, "outcome": outcome})
-        self._by_outcome[outcome].increment(1)

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from scheduler_backend.errors import RequestError
+
 # Sampling fields a request may set, with their types; everything else is refused by name, so a
 # typo is an error rather than a silently ignored option.
 _FIELDS: dict[str, tuple[type, ...]] = {
@@ -32,10 +34,6 @@ _FIELDS: dict[str, tuple[type, ...]] = {
 }
 _MAX_LOGPROBS = 20
 _ROLES = ("system", "user", "assistant")
-
-
-class RequestError(ValueError):
-    """A request field is missing, mistyped or out of range; the message names the field."""
 
 
 @dataclass
