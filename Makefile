@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test unit serve bench-policy bench-dynasor bench-scheduling bench-scheduler clean
+.PHONY: setup demo test unit lint serve bench-policy bench-dynasor bench-scheduling bench-scheduler clean
 
 setup:
 	@bash scripts/setup.sh
@@ -15,6 +15,11 @@ test: setup
 
 unit: setup
 	$(PY) -m pytest tests/unit -q -p no:cacheprovider
+
+# ruff over everything; mypy over the packages (strict for scheduler_backend, see pyproject.toml).
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/mypy scheduler_backend engines serving client benchmarks
 
 serve: setup
 	.venv/bin/dynasor serve

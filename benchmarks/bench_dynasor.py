@@ -15,15 +15,15 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from scheduler_backend.data import gold_answer, load_records
 from benchmarks.demo import FALLBACK, GSM8K
 from client.dynasor_client import DynasorClient
-from serving.launcher import start_server
 from engines.triton_grpc import GrpcPolicyEngine
 from scheduler_backend.answers import answers_equal
+from scheduler_backend.data import gold_answer, load_records
 from scheduler_backend.registry import create
 from scheduler_backend.runner import ProgramRunner
 from scheduler_backend.scheduler import Scheduler, SchedulingPolicy
+from serving.launcher import start_server
 
 
 def client_side(url: str, questions: list[str], options: dict) -> tuple[list[dict], float]:

@@ -8,10 +8,10 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from scheduler_backend.data import gold_answer, load_records
 from client.dynasor_client import DynasorClient, ProgramError, Progress
-from serving.launcher import REPO_ROOT, start_server
 from scheduler_backend.answers import answers_equal
+from scheduler_backend.data import gold_answer, load_records
+from serving.launcher import REPO_ROOT, start_server
 
 GSM8K = REPO_ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
 FALLBACK = [

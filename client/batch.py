@@ -19,7 +19,7 @@ def solve_file(path: str, url: str, protocol: str = "grpc", program: str | None 
     client = DynasorClient(url, protocol=protocol)
 
     def one(record: dict[str, Any]) -> dict[str, Any]:
-        question = record.get("question") or record.get("problem")
+        question = str(record.get("question") or record.get("problem"))
         row: dict[str, Any] = {"question": question, "gold": gold_answer(record)}
         try:
             p = client.solve(question, program, options)
@@ -43,7 +43,7 @@ def solve_file(path: str, url: str, protocol: str = "grpc", program: str | None 
     if done:
         steps, budget = sum(r["steps"] for r in done), sum(r["budget"] for r in done)
         print(f"steps used: {steps}/{budget} ({steps / budget:.0%} of the budget)  tokens: {sum(r['tokens_used'] for r in done)}")
-        reasons = {}
+        reasons: dict[str, int] = {}
         for r in done:
             reasons[r["stop_reason"]] = reasons.get(r["stop_reason"], 0) + 1
         print("stopped: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +38,7 @@ class Progress:
         return self.details.get("latency_s")
 
     @classmethod
-    def from_outputs(cls, out: Mapping[str, Any]) -> "Progress":
+    def from_outputs(cls, out: Mapping[str, Any]) -> Progress:
         def scalar(name, default=None):
             value = out.get(name)
             if value is None:
@@ -119,7 +120,8 @@ def _http_stream(url: str, inputs: Mapping[str, str], timeout_s: float) -> Itera
     with requests.post(f"http://{url}/v2/models/{MODEL}/generate_stream", json=dict(inputs), stream=True, timeout=timeout_s) as r:
         if r.status_code != 200:
             raise ProgramError(_http_error(r.text))
-        for line in r.iter_lines(decode_unicode=True):
+        for raw in r.iter_lines(decode_unicode=True):
+            line = raw.decode() if isinstance(raw, bytes) else raw
             if not line or not line.startswith("data:"):
                 continue
             event = json.loads(line[len("data:"):])

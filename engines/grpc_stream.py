@@ -7,8 +7,9 @@ the server.
 from __future__ import annotations
 
 import queue
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import tritonclient.grpc as grpcclient

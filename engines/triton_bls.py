@@ -55,7 +55,7 @@ class BlsEngine:
         self._aborted: set[str] = set()
         self._active: set[str] = set()
 
-    def _policy_request(self, call: GenerateCall) -> "pb_utils.InferenceRequest":
+    def _policy_request(self, call: GenerateCall) -> pb_utils.InferenceRequest:
         inputs = [pb_utils.Tensor(name, _tensor(value)) for name, value in policy_inputs(call).items()]
         return pb_utils.InferenceRequest(model_name=self.policy_model, inputs=inputs, request_id=call.request_id,
                                          requested_output_names=policy_outputs(call))

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+from numpy.typing import NDArray
 from scipy.optimize import OptimizeWarning, curve_fit
 
 
@@ -98,8 +100,9 @@ class ThresholdPolicy:
         return max(0.0, min(left, (detect - steps) + self.extra_fraction * (budget - detect)))
 
 
-def _exp_curve(c: np.ndarray, a: float, b: float) -> np.ndarray:
-    return a * np.exp(-b * c)
+def _exp_curve(c: NDArray[np.float64] | np.float64, a: float, b: float) -> NDArray[np.float64]:
+    curve: NDArray[np.float64] = a * np.exp(-b * c)
+    return curve
 
 
 @dataclass(frozen=True)
@@ -187,7 +190,7 @@ def _verdict(policy: ThresholdPolicy | CurvePolicy, settled: bool, certaindex: f
         return Verdict.CONTINUE
     if settled:
         return Verdict.SETTLED
-    if policy.hopeless is not None and steps >= policy.hopeless_step and certaindex <= policy.hopeless:
+    if policy.hopeless is not None and policy.hopeless_step is not None and steps >= policy.hopeless_step and certaindex <= policy.hopeless:
         return Verdict.HOPELESS
     return Verdict.CONTINUE
 
@@ -213,7 +216,8 @@ def policy_from_dict(d: dict[str, Any]) -> AllocationPolicy:
     missing = [key for key in _REQUIRED[kind] if key not in d]
     if missing:
         raise ValueError(f"{missing[0]}: required for a {kind} policy")
-    return _KINDS[kind](**{key: d[key] for key in _KEYS[kind] if key in d})
+    policy: AllocationPolicy = _KINDS[kind](**{key: d[key] for key in _KEYS[kind] if key in d})
+    return policy
 
 
 def load_policy(path: str | Path, which: str = "policy") -> AllocationPolicy:

@@ -7,11 +7,12 @@ import math
 import multiprocessing
 import re
 import threading
-from collections.abc import Sequence
-from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from fractions import Fraction
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
 
 ANSWER_FORMATS: tuple[str, ...] = ("auto", "gsm8k", "boxed", "answer-is", "number")
 
@@ -167,6 +168,7 @@ def _arg(s: str, i: int) -> tuple[str, int]:
     if i >= len(s) or s[i] == "{":
         raise ValueError(f"missing argument in {s!r}")
     m = re.match(r"\\[a-zA-Z]+|.", s[i:])
+    assert m is not None, "any character matches"
     return m.group(), i + len(m.group())
 
 
@@ -198,7 +200,7 @@ def _to_python(s: str) -> str:
 
 
 @functools.cache
-def _sympy():
+def _sympy() -> tuple[Any, Callable[..., Any]]:
     """sympy, imported on first use (it takes a second) and never inside a deadline."""
     import sympy
     from sympy.parsing.sympy_parser import implicit_multiplication_application, parse_expr, standard_transformations
@@ -209,7 +211,7 @@ def _sympy():
                                     transformations=standard_transformations + (implicit_multiplication_application,))
 
 
-def _magnitude(expr) -> float:
+def _magnitude(expr: Any) -> float:
     """Bound on log10 |value|: big-integer powers hold the GIL, so no timeout could stop them."""
     if expr.is_Number:
         return math.log10(abs(expr.p) + 1) if expr.is_Integer else math.log10(abs(float(expr)) + 1)
@@ -221,7 +223,7 @@ def _magnitude(expr) -> float:
 
 
 @functools.lru_cache(maxsize=4096)
-def _parse(s: str):
+def _parse(s: str) -> Any:
     """sympy expression for `s`; the source is checked to hold only arithmetic before parse_expr evals it."""
     source = re.sub(r"(?<![a-zA-Z])(?!pi|oo)([a-zA-Z])([a-zA-Z])(?![a-zA-Z])", r"\1*\2", _to_python(s))
     source = re.sub(r"(?<=[a-zA-Z])(?=\d)", "*", source)
@@ -246,14 +248,16 @@ def _sympy_equal(a: str, b: str) -> bool:
         return False
     if not symbols:
         return finite
-    return sympy.simplify(x - y) == 0  # agree at a sample point: now prove it
+    return bool(sympy.simplify(x - y) == 0)  # agree at a sample point: now prove it
 
 
 def _equal_normalized(a: str, b: str) -> bool:
     """Value equality of normalized answers: numbers exactly, compounds element-wise, else sympy."""
+    if a == b:
+        return True
     x, y = _to_number(a), _to_number(b)
-    if a == b or (x is not None and y is not None):
-        return a == b or x == y or abs(x - y) <= Fraction(1, 10**6) * max(abs(x), abs(y))
+    if x is not None and y is not None:
+        return x == y or abs(x - y) <= Fraction(1, 10**6) * max(abs(x), abs(y))
     ca, cb = _compound(a), _compound(b)
     if ca is not None or cb is not None:
         return (ca is not None and cb is not None and ca[0] == cb[0] and len(ca[1]) == len(cb[1])

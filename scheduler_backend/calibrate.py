@@ -14,11 +14,13 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from scheduler_backend.allocation import AllocationPolicy, CurvePolicy, ThresholdPolicy, Verdict, policy_to_dict
 from scheduler_backend.answers import answers_equal
@@ -30,7 +32,7 @@ HOPELESS_STEP_FACTORS = (2, 4)  # hopeless_step = factor * detect_step
 MAX_DETECT_STEPS = 16  # detect steps tried, spread over the steps the traces recorded
 
 
-def replay(trace: dict, policy: AllocationPolicy) -> tuple[int, str | None, int]:
+def replay(trace: dict[str, Any], policy: AllocationPolicy) -> tuple[int, str | None, int]:
     """Where `policy` would have stopped this capped run: (history index, answer, tokens used).
     A run the policy never stops ends at its last recorded step, as it did."""
     history = trace["history"]
@@ -44,7 +46,7 @@ def replay(trace: dict, policy: AllocationPolicy) -> tuple[int, str | None, int]
     return len(history) - 1, last["answer"], last["tokens_used"]
 
 
-def settle_index(trace: dict) -> int:
+def settle_index(trace: dict[str, Any]) -> int:
     """Index of the first history entry after which the answer never changes again."""
     history = trace["history"]
     final = history[-1]["answer"]
@@ -60,7 +62,7 @@ def _same(a: str | None, b: str | None) -> bool:
     return answers_equal(a, b)
 
 
-def correctness(trace: dict) -> list[bool]:
+def correctness(trace: dict[str, Any]) -> list[bool]:
     """Whether the answer after each step counts as correct (see the module docstring)."""
     history, gold, correct = trace["history"], trace.get("gold"), trace.get("correct")
     if gold is not None:
@@ -73,15 +75,15 @@ def correctness(trace: dict) -> list[bool]:
 class _Table:
     """The traces as padded arrays, so one candidate policy is judged on all of them at once."""
 
-    steps: np.ndarray  # (programs, max history); -1 past a trace's end
-    certaindex: np.ndarray  # NaN past the end
-    tokens: np.ndarray
-    correct: np.ndarray
-    last: np.ndarray  # index of each trace's last entry
-    budget: np.ndarray
+    steps: NDArray[Any]  # (programs, max history); -1 past a trace's end
+    certaindex: NDArray[Any]  # NaN past the end
+    tokens: NDArray[Any]
+    correct: NDArray[Any]
+    last: NDArray[Any]  # index of each trace's last entry
+    budget: NDArray[Any]
 
     @classmethod
-    def build(cls, traces: Sequence[dict]) -> _Table:
+    def build(cls, traces: Sequence[dict[str, Any]]) -> _Table:
         n, width = len(traces), max(len(t["history"]) for t in traces)
         steps = np.full((n, width), -1, dtype=np.int64)
         cert = np.full((n, width), np.nan)
@@ -98,7 +100,7 @@ class _Table:
         budget = np.array([t["budget"] for t in traces])
         return cls(steps, cert, tokens, correct, last, budget)
 
-    def stops(self, policy: ThresholdPolicy) -> np.ndarray:
+    def stops(self, policy: ThresholdPolicy) -> NDArray[Any]:
         """History index where `policy` stops each trace; the same as `replay`, vectorized."""
         with np.errstate(invalid="ignore"):
             mask = (self.steps >= policy.detect_step) & (self.certaindex >= policy.settle)
@@ -106,15 +108,16 @@ class _Table:
                 mask |= (self.steps >= policy.hopeless_step) & (self.certaindex <= policy.hopeless)
         rows = np.arange(len(self.last))
         mask[rows, self.last] = True
-        return mask.argmax(axis=1)
+        stops: NDArray[Any] = mask.argmax(axis=1)
+        return stops
 
-    def outcome(self, stops: np.ndarray) -> tuple[int, float]:
+    def outcome(self, stops: NDArray[Any]) -> tuple[int, float]:
         """Total tokens and accuracy when each trace stops at `stops`."""
         rows = np.arange(len(stops))
         return int(self.tokens[rows, stops].sum()), float(self.correct[rows, stops].mean())
 
 
-def candidates(traces: Sequence[dict], hopeless: bool = True) -> list[ThresholdPolicy]:
+def candidates(traces: Sequence[dict[str, Any]], hopeless: bool = True) -> list[ThresholdPolicy]:
     """The grid: settle thresholds x detect steps (x hopeless cuts), and first a policy that never
     stops early on these traces, so some candidate always meets the accuracy bound."""
     seen = sorted({e["steps"] for t in traces for e in t["history"] if e["steps"] >= 1})
@@ -135,7 +138,7 @@ def candidates(traces: Sequence[dict], hopeless: bool = True) -> list[ThresholdP
     return out
 
 
-def _extra_fraction(table: _Table, stops: np.ndarray, detect_step: int) -> float:
+def _extra_fraction(table: _Table, stops: NDArray[Any], detect_step: int) -> float:
     """Share of the budget after detection that programs spent under the chosen policy: the
     scheduler's prior for a program that has not reached detection yet."""
     rows = np.arange(len(stops))
@@ -148,7 +151,7 @@ def _extra_fraction(table: _Table, stops: np.ndarray, detect_step: int) -> float
     return float(np.clip((used[keep] / room[keep]).mean(), 0.0, 1.0))
 
 
-def fit_curve(traces: Sequence[dict], detect_step: int, hopeless: float | None = None,
+def fit_curve(traces: Sequence[dict[str, Any]], detect_step: int, hopeless: float | None = None,
               hopeless_step: int | None = None) -> CurvePolicy | None:
     """CurvePolicy from (certaindex at the detection step, steps from there until the answer
     settled for good); None when fewer than two traces reach the detection step."""
@@ -165,7 +168,7 @@ def fit_curve(traces: Sequence[dict], detect_step: int, hopeless: float | None =
     return CurvePolicy.fit(cert, remaining, detect_step=detect_step, hopeless=hopeless, hopeless_step=hopeless_step)
 
 
-def calibrate(traces: Sequence[dict], max_accuracy_drop: float = 0.01, hopeless: bool = True) -> dict[str, Any]:
+def calibrate(traces: Sequence[dict[str, Any]], max_accuracy_drop: float = 0.01, hopeless: bool = True) -> dict[str, Any]:
     """The calibration document: the chosen threshold policy, the fitted curve, and a report."""
     if not traces:
         raise RequestError("no traces to calibrate on")
@@ -213,7 +216,7 @@ def _saved(tokens: int, cap_tokens: int) -> float:
     return 1.0 - tokens / cap_tokens if cap_tokens else 0.0
 
 
-def _check_trace(trace: Any, where: str) -> dict:
+def _check_trace(trace: Any, where: str) -> dict[str, Any]:
     """A trace as the recorder writes it, or RequestError naming the first bad field."""
     def bad(field: str, why: str) -> RequestError:
         return RequestError(f"{where}: {field}: {why}")
@@ -248,7 +251,7 @@ def _check_trace(trace: Any, where: str) -> dict:
     return trace
 
 
-def load_traces(path: str | Path) -> list[dict]:
+def load_traces(path: str | Path) -> list[dict[str, Any]]:
     """Read a JSONL trace file; blank lines are skipped."""
     path = Path(path)
     try:
@@ -267,7 +270,7 @@ def load_traces(path: str | Path) -> list[dict]:
     return traces
 
 
-def _describe(d: dict | None) -> str:
+def _describe(d: dict[str, Any] | None) -> str:
     if d is None:
         return "(not fitted)"
     if d["kind"] == "curve":
@@ -279,7 +282,7 @@ def _describe(d: dict | None) -> str:
     return text
 
 
-def format_table(doc: dict) -> str:
+def format_table(doc: dict[str, Any]) -> str:
     """The short table `main` prints."""
     r = doc["report"]
     rows = [("run to cap", r["tokens_cap"], 0.0, r["accuracy_cap"]),

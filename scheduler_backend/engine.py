@@ -6,8 +6,9 @@ scheduler never know which one runs them; tests/engine_contract.py checks each a
 """
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Protocol, Sequence
+from typing import Protocol
 
 
 @dataclass(frozen=True)

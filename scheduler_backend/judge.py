@@ -3,7 +3,7 @@ model whose score is its probability of "yes". Shared by the `reward` model and 
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 
 def judge_score(top_logprobs: Mapping[str, float], yes_tokens: Iterable[str], no_tokens: Iterable[str]) -> float:

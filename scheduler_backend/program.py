@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 from scheduler_backend.engine import ChatMessage, SamplingSpec
 
@@ -45,7 +45,7 @@ class ScoreStep:
     candidates: tuple[str, ...]
 
 
-Step = Union[GenerateStep, ScoreStep]
+Step = GenerateStep | ScoreStep
 
 
 @dataclass

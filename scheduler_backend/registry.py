@@ -10,8 +10,9 @@ from __future__ import annotations
 import importlib
 import math
 import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Union
+from typing import Any
 
 from scheduler_backend.allocation import AllocationPolicy, ThresholdPolicy, policy_from_dict
 from scheduler_backend.answers import ANSWER_FORMATS
@@ -80,13 +81,15 @@ class Allocation:
 
     default: str = "threshold"
 
-    def check(self, path: str, value: Any, limits: Limits) -> str | dict:
-        if value == "threshold" or isinstance(value, dict):
+    def check(self, path: str, value: Any, limits: Limits) -> str | dict[str, Any]:
+        if value == "threshold":
+            return "threshold"
+        if isinstance(value, dict):
             return value
         raise RequestError(f"{path}: must be \"threshold\" or a policy object, got {value!r}")
 
 
-Spec = Union[Number, Choice, Allocation]
+Spec = Number | Choice | Allocation
 _THRESHOLD_KNOBS = ("settle_threshold", "detect_step", "hopeless_threshold", "hopeless_step")
 COMMON_OPTIONS: dict[str, Spec] = {
     "budget": Int(16, hi="max_budget"),

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
 
 from scheduler_backend.engine import Engine, EngineError, GenerateCall
 from scheduler_backend.program import (
@@ -89,7 +89,7 @@ class ProgramRunner:
         live = _Live(program)
         self._live[pid] = live
         self.scheduler.add(pid, start, self._predicted_work(live), deadline)
-        tasks: dict[asyncio.Task, Step] = {}
+        tasks: dict[asyncio.Task[StepResult], Step] = {}
         error = ""
         queued_s = 0.0
         try:
@@ -127,7 +127,7 @@ class ProgramRunner:
     def _time_left(self, deadline: float | None) -> float | None:
         return None if deadline is None else max(deadline - self.clock(), 0.0)
 
-    async def _drive(self, pid: str, live: _Live, deadline: float | None, tasks: dict[asyncio.Task, Step],
+    async def _drive(self, pid: str, live: _Live, deadline: float | None, tasks: dict[asyncio.Task[StepResult], Step],
                      on_progress: ProgressCallback | None) -> str:
         """The program's loop; returns an error message, or "" when it stopped normally."""
         program = live.program
@@ -146,7 +146,7 @@ class ProgramRunner:
                 if not done:
                     program.stop(StopReason.DEADLINE)
                     return ""
-                for task in done:
+                for task in [t for t in tasks if t in done]:
                     tasks.pop(task)
                     try:
                         await asyncio.get_running_loop().run_in_executor(self._results, program.on_result, task.result())

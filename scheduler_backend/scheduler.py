@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -173,6 +174,7 @@ class Scheduler:
             prog.key = float(prog.seq)
             prog.priority = min(prog.seq, _INT31)
         else:
+            assert self._origin is not None, "set by the first add"
             prog.key = prog.work + self.aging_per_s * (prog.arrival - self._origin)
             if not prog.urgent:
                 prog.priority = min(max(int(prog.key // self.priority_quantum), 0), _INT31)
@@ -184,6 +186,7 @@ class Scheduler:
         if prog.running:
             self._priorities[pid] = prog.priority
         elif prog.urgent:
+            assert prog.deadline is not None, "only programs with a deadline become urgent"
             _push(self._urgent, (prog.deadline, prog.seq, prog.version, pid), self._waiting, self._valid_waiting)
         else:
             _push(self._normal, (prog.key, prog.seq, prog.version, pid), self._waiting, self._valid_waiting)
@@ -197,6 +200,7 @@ class Scheduler:
             pid = entry[3]
             prog = self._programs[pid]
             prog.urgent = True
+            assert prog.deadline is not None and self._origin is not None, "only programs with a deadline fall due"
             offset = int((prog.deadline - self._origin) / _DEADLINE_QUANTUM_S)
             prog.priority = _URGENT_BASE + min(max(offset, 0), -_URGENT_BASE - 1)
             prog.version += 1  # its entry in the normal queue is now stale
@@ -224,7 +228,10 @@ def _check_work(work: float) -> None:
         raise ValueError(f"predicted_work: must be finite and >= 0, got {work!r}")
 
 
-def _push(heap: list, entry: tuple, live: int, valid) -> None:
+_Entry = tuple[float, int, int, str]
+
+
+def _push(heap: list[_Entry], entry: _Entry, live: int, valid: Callable[[_Entry], bool]) -> None:
     """Push, and rebuild the heap from its valid entries once stale ones pile up (lazy deletion
     keeps each operation O(log n); the rebuild is amortized over the pushes that made it stale)."""
     heapq.heappush(heap, entry)

@@ -12,6 +12,7 @@ from tqdm import tqdm
 from scheduler_backend.allocation import Verdict
 from scheduler_backend.answers import answers_equal
 from scheduler_backend.program import ProgramState
+from scheduler_backend.programs.base import PolicyProgram
 from scheduler_backend.registry import create
 from scheduler_backend.runner import ProgramRunner
 from scheduler_backend.scheduler import Scheduler
@@ -40,6 +41,8 @@ async def record(engine: Any, program: str, records: list[dict[str, Any]], optio
     async def one(i: int, rec: dict[str, Any]) -> dict[str, Any]:
         history: list[dict[str, Any]] = []
         prog = create(program, rec["question"], options)
+        if not isinstance(prog, PolicyProgram):
+            raise TypeError(f"{program}: only programs with an allocation policy can be recorded")
         prog.policy = RunToCap()
         final = await runner.run(f"trace-{i}", prog, on_progress=lambda s: history.append(history_entry(s)))
         bar.update(1)

@@ -20,6 +20,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -165,14 +166,19 @@ class TritonServer:
         psutil.wait_procs(survivors, timeout=10)
 
 
+def _replacement(value: str) -> Callable[[re.Match[str]], str]:
+    """A `re.sub` replacement keeping the pattern's two groups around `value` (taken as is)."""
+    return lambda m: m.group(1) + value + m.group(2)
+
+
 def _set_parameters(config: Path, values: dict[str, str]) -> None:
     """Override `parameters` entries of a copied config.pbtxt (benchmarks compare settings)."""
     text = config.read_text()
     for key, value in values.items():
-        pattern = re.compile(r'(\{ key: "%s", value: \{ string_value: ")[^"]*(" \} \})' % re.escape(key))
+        pattern = re.compile(r'(\{ key: "' + re.escape(key) + r'", value: \{ string_value: ")[^"]*(" \} \})')
         if not pattern.search(text):
             raise KeyError(f"{config}: no parameter {key!r}")
-        text = pattern.sub(lambda m: m.group(1) + value + m.group(2), text)
+        text = pattern.sub(_replacement(value), text)
     config.write_text(text)
 
 

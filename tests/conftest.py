@@ -9,7 +9,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from serving.launcher import MODELS_DIR, TritonServer, start_server
+from serving.launcher import MODELS_DIR, start_server
 
 TEST_MODEL = os.environ.get("DYNASOR_TEST_MODEL", "smollm2-135m")
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -2,7 +2,8 @@
 solve-step-by-step prompt, and how a reasoning step is told to end the solution."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from scheduler_backend.allocation import AllocationPolicy, Verdict
 from scheduler_backend.answers import extract_answer

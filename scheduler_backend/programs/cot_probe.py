@@ -8,8 +8,9 @@ a probe that finishes after later chunks still counts, in chunk order.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any, Mapping
+from typing import Any
 
 from scheduler_backend.allocation import AllocationPolicy
 from scheduler_backend.answers import extract_answer, extract_probe_answer

@@ -8,25 +8,32 @@ best path's first move, i.e. the root child MCTS would commit to (most visited, 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any
 
 from scheduler_backend.allocation import AllocationPolicy
 from scheduler_backend.answers import extract_answer, majority_answer
 from scheduler_backend.engine import SamplingSpec
 from scheduler_backend.program import GenerateStep, ScoreStep, Step, StepResult
 from scheduler_backend.programs.base import (
-    STEP_SEPARATOR, PolicyProgram, ends_solution, extend, require_positive, sampling_from, solve_messages,
+    STEP_SEPARATOR,
+    PolicyProgram,
+    ends_solution,
+    extend,
+    require_positive,
+    sampling_from,
+    solve_messages,
 )
 
 
 @dataclass(eq=False)
 class _Node:
     text: str
-    parent: "_Node | None" = None
+    parent: _Node | None = None
     depth: int = 0
     terminal: bool = False  # a whole solution (or at max depth): scored once, never expanded
-    children: list["_Node"] = field(default_factory=list)
+    children: list[_Node] = field(default_factory=list)
     visits: int = 0
     value: float = 0.0  # sum of rewards backpropagated through this node
 

@@ -9,8 +9,9 @@ only when finished solutions agree *and* the reward model believes them; 0 befor
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import Any
 
 from scheduler_backend.allocation import AllocationPolicy
 from scheduler_backend.answers import extract_answer, majority_answer
@@ -18,7 +19,13 @@ from scheduler_backend.certaindex import reward_certaindex, weighted_agreement
 from scheduler_backend.engine import SamplingSpec
 from scheduler_backend.program import GenerateStep, ScoreStep, Step, StepResult
 from scheduler_backend.programs.base import (
-    STEP_SEPARATOR, PolicyProgram, ends_solution, extend, require_positive, sampling_from, solve_messages,
+    STEP_SEPARATOR,
+    PolicyProgram,
+    ends_solution,
+    extend,
+    require_positive,
+    sampling_from,
+    solve_messages,
 )
 
 

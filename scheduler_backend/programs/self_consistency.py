@@ -3,8 +3,9 @@ the agreement of the answers so far (1 - H/log n), consulted after every round, 
 stop after the first round and hopeless ones are cut."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any, Mapping
+from typing import Any
 
 from scheduler_backend.allocation import AllocationPolicy
 from scheduler_backend.answers import cluster_answers, majority_answer

@@ -7,11 +7,11 @@ import os
 
 import pytest
 
-from serving.model_config import judge_settings, policy_engine_args
 from scheduler_backend.registry import create
 from scheduler_backend.runner import ProgramRunner
 from scheduler_backend.scheduler import Scheduler
 from scheduler_backend.traces import record
+from serving.model_config import judge_settings, policy_engine_args
 from tests.conftest import TEST_MODEL
 from tests.engine_contract import check_engine
 

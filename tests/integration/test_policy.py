@@ -99,7 +99,7 @@ def test_missing_prompt_is_refused_by_name(server):
 def test_cancelling_a_streamed_request_frees_the_engine(server):
     call = policy_call(server, sampling={"max_tokens": 2000, "ignore_eos": True}, stream=True)
     got = 0
-    for r in call:
+    for _ in call:
         got += 1
         if got == 3:
             break

@@ -9,7 +9,6 @@ import psutil
 import pytest
 
 from scheduler_backend.answers import (
-    sympy_worker,
     ANSWER_FORMATS,
     answers_equal,
     cluster_answers,
@@ -17,6 +16,7 @@ from scheduler_backend.answers import (
     extract_probe_answer,
     majority_answer,
     normalize_answer,
+    sympy_worker,
 )
 
 DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from scheduler_backend.engine import EngineError, GenerateCall, SamplingSpec
 from engines.scripted import ScriptedEngine
+from scheduler_backend.engine import EngineError, GenerateCall, SamplingSpec
 from tests.engine_contract import check_engine
 
 

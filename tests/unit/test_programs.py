@@ -7,14 +7,21 @@ import itertools
 
 import pytest
 
+from engines.scripted import ScriptedEngine
 from scheduler_backend.allocation import ThresholdPolicy
 from scheduler_backend.engine import GenerateCall, SamplingSpec
 from scheduler_backend.program import (
-    GenerateStep, ProgramState, ReasoningProgram, Sample, ScoreStep, Step, StepResult, StopReason,
+    GenerateStep,
+    ProgramState,
+    ReasoningProgram,
+    Sample,
+    ScoreStep,
+    Step,
+    StepResult,
+    StopReason,
 )
 from scheduler_backend.programs import CotProbe, Mcts, Rebase, SelfConsistency
 from scheduler_backend.programs.rebase import allocate
-from engines.scripted import ScriptedEngine
 
 QUESTION = "Tom has 2 apples and buys 3 more. How many apples does he have?"
 SAMPLING = SamplingSpec(max_tokens=64)

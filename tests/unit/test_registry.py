@@ -7,9 +7,9 @@ import pytest
 from scheduler_backend import registry
 from scheduler_backend.allocation import CurvePolicy, ThresholdPolicy
 from scheduler_backend.engine import SamplingSpec
+from scheduler_backend.errors import RequestError
 from scheduler_backend.program import ReasoningProgram, StopReason
 from scheduler_backend.programs import CotProbe, Mcts, Rebase, SelfConsistency
-from scheduler_backend.errors import RequestError
 from scheduler_backend.registry import Limits, ProgramFactory, create
 
 Q = "What is 2 + 3?"

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 
+from engines.scripted import ScriptedEngine
 from scheduler_backend.program import StopReason
 from scheduler_backend.registry import create
 from scheduler_backend.runner import ProgramRunner
 from scheduler_backend.scheduler import Scheduler
-from engines.scripted import ScriptedEngine
 
 AGREE = ScriptedEngine(lambda call, i: "so the answer is \\boxed{8}")
 

@@ -9,8 +9,8 @@ its own thread; `execute` only hands requests to that loop.
 import asyncio
 import json
 import locale
-import traceback
 import threading
+import traceback
 import uuid
 from pathlib import Path
 
@@ -18,14 +18,14 @@ locale.setlocale(locale.LC_ALL, "C.UTF-8")  # the stub's interpreter prefers ASC
 
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
+from program_request import parse_program_request  # noqa: E402
 
 from engines.triton_bls import STUB_LOCK, BlsEngine  # noqa: E402
-from program_request import parse_program_request  # noqa: E402
-from scheduler_backend.program import ProgramState, StopReason  # noqa: E402
+from scheduler_backend.engine import Engine  # noqa: E402
 from scheduler_backend.errors import RequestError  # noqa: E402
+from scheduler_backend.program import ProgramState, StopReason  # noqa: E402
 from scheduler_backend.registry import Limits, load_plugins  # noqa: E402
 from scheduler_backend.runner import ProgramRunner  # noqa: E402
-from scheduler_backend.engine import Engine  # noqa: E402
 from scheduler_backend.scheduler import Scheduler, SchedulingPolicy  # noqa: E402
 from serving.triton_model import Metrics, parameters, scalar_input, send_error  # noqa: E402
 

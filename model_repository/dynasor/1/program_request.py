@@ -10,15 +10,16 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from scheduler_backend.allocation import load_policy, policy_to_dict
 from scheduler_backend.errors import RequestError
+from scheduler_backend.program import ReasoningProgram
 from scheduler_backend.registry import Limits, create
 from serving.triton_model import text
-from scheduler_backend.program import ReasoningProgram
 
 _CALIBRATION_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # Request parameters Triton or its clients set on their own; they are not program options.

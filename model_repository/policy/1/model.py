@@ -19,7 +19,6 @@ locale.setlocale(locale.LC_ALL, "C.UTF-8")
 
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
-
 from sampling_request import parse_request  # noqa: E402
 
 from engines.vllm_text import render_chat, top_logprobs  # noqa: E402

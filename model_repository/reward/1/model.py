@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-
 from reward_request import validate_request
 
 from engines.policy_stream import decode_deltas, policy_inputs, policy_outputs

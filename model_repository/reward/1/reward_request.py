@@ -18,7 +18,7 @@ def validate_request(question: Sequence[Any], candidates: Sequence[Any], max_can
     if not 1 <= len(candidates) <= max_candidates:
         raise RequestError(f"candidates: expected 1 to {max_candidates} candidates, got {len(candidates)}")
     cands = [text(c, f"candidates[{i}]") for i, c in enumerate(candidates)]
-    for name, text in [("question", q)] + [(f"candidates[{i}]", c) for i, c in enumerate(cands)]:
-        if len(text) > max_chars:
-            raise RequestError(f"{name}: longer than {max_chars} characters ({len(text)})")
+    for name, value in [("question", q)] + [(f"candidates[{i}]", c) for i, c in enumerate(cands)]:
+        if len(value) > max_chars:
+            raise RequestError(f"{name}: longer than {max_chars} characters ({len(value)})")
     return q, cands
