@@ -112,6 +112,11 @@ class TritonServer:
         except psutil.NoSuchProcess:
             return []
 
+    @property
+    def known_pids(self) -> set[int]:
+        """Every pid of the server's process tree seen so far, the server's own included."""
+        return {*self._known_pids, self.process.pid}
+
     def _remember_tree(self) -> None:
         self._known_pids.update(p.pid for p in self.descendants())
 
