@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, AsyncIterator, Sequence
 
+from scheduler_backend.engine_settings import settings_for_this_machine
 from scheduler_backend.judge import judge_score
 from scheduler_backend.engine import ChatMessage, EngineError, GenerateCall, SampleDelta, SamplingSpec
 
@@ -42,10 +43,14 @@ class VllmEngine:
         self.tokenizer = None
 
     async def __aenter__(self) -> "VllmEngine":
+        import os
+
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**self.engine_args))
+        settings = settings_for_this_machine(self.engine_args)
+        os.environ.update(settings.env)
+        self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**settings.engine_args))
         self.tokenizer = self._llm.get_tokenizer()
         return self
 

@@ -1,6 +1,6 @@
 """The scheduler_backend Engine over Triton BLS: `policy` for generation, `reward` for scores.
 
-Decoupled BLS responses come from a blocking iterator (PLATFORM.md pitfall 9), so each call is
+Decoupled BLS responses come from a blocking iterator (docs/PLATFORM.md pitfall 9), so each call is
 drained on a thread of this engine's own pool and handed to the event loop through a queue.
 Triton 2.51 cannot cancel a BLS request, so `abort` asks `policy` to abort the engine request by
 its id; the stream then ends with a cancelled error, which this engine turns into a quiet end.

@@ -22,6 +22,8 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from sampling_request import RequestError, parse_request  # noqa: E402
 
+from scheduler_backend.engine_settings import settings_for_this_machine  # noqa: E402
+
 _ENGINE_ARGS_FILE = "model.json"
 
 
@@ -52,6 +54,10 @@ class TritonPythonModel:
         with open(os.path.join(model_dir, args["model_version"], _ENGINE_ARGS_FILE)) as f:
             self.engine_config = json.load(f)
         self.engine_config["model"] = _resolve_model_path(self.engine_config["model"], model_dir)
+        settings = settings_for_this_machine(self.engine_config)
+        self.engine_config = settings.engine_args
+        os.environ.update(settings.env)  # read by the engine process it spawns
+        self.logger.log_info(f"[policy] engine settings for this machine: {settings.describe()}")
 
         self._metrics = _Metrics(args["model_name"])
         self._in_flight: dict[str, asyncio.Task] = {}
