@@ -3,7 +3,7 @@ when the records carry answers, accuracy and compute used against the budget."""
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +55,12 @@ def solve_file(path: str, url: str, protocol: str = "grpc", program: str | None 
             row["correct"] = answers_equal(row["answer"], row["gold"])
         return row
 
+    rows: list[dict[str, Any]] = [{} for _ in records]
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        rows = list(tqdm(pool.map(one, records), total=len(records), desc="programs", unit="prog"))
+        futures = {pool.submit(one, record): i for i, record in enumerate(records)}
+        # The bar moves as programs finish, in whatever order they do.
+        for future in tqdm(as_completed(futures), total=len(records), desc="programs", unit="prog"):
+            rows[futures[future]] = future.result()
     if output:
         with open(output, "w") as f:
             for row in rows:

@@ -64,7 +64,7 @@ def _engine_args(pairs: list[str]) -> dict[str, Any]:
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     options = json.loads(args.options) if args.options else {}
-    for key in ("budget", "deadline_s", "settle_threshold", "temperature", "max_tokens", "calibration"):
+    for key in ("budget", "deadline_s", "settle_threshold", "temperature", "max_tokens", "calibration", "prompt"):
         value = getattr(args, key, None)
         if value is not None:
             options[key] = value
@@ -107,6 +107,7 @@ def _program_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float)
     p.add_argument("--max-tokens", dest="max_tokens", type=int, help="tokens per generation step")
     p.add_argument("--calibration", help="name of a calibration file on the server")
+    p.add_argument("--prompt", help="grade-school (word problems, 'The answer is N'), math (\\boxed{} answers) or game24")
     p.add_argument("--options", help="JSON object of further program options")
 
 

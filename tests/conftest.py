@@ -4,7 +4,6 @@ started outlives it."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import psutil
 import pytest
@@ -12,7 +11,6 @@ import pytest
 from client.launcher import MODELS_DIR, TritonServer, start_server
 
 TEST_MODEL = os.environ.get("DYNASOR_TEST_MODEL", "smollm2-135m")
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def pytest_collection_modifyitems(config, items):

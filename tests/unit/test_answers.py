@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -17,15 +16,12 @@ from scheduler_backend.answers import (
     majority_answer,
     normalize_answer,
 )
+from scheduler_backend.datasets import DATA_DIR
 
-DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 def _records(name: str) -> list[dict]:
-    path = DATA_DIR / name / "test.jsonl"
-    if not path.is_file():
-        pytest.fail(f"{path} is missing: the benchmark data must sit beside the repository in shared/data")
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return [json.loads(line) for line in (DATA_DIR / name / "test.jsonl").read_text().splitlines()]
 
 
 def _gsm8k_key(record: dict) -> str:
