@@ -15,11 +15,10 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from benchmarks.demo import FALLBACK, GSM8K
 from client.dynasor_client import DynasorClient
 from engines.triton_grpc import GrpcPolicyEngine
 from scheduler_backend.answers import answers_equal
-from scheduler_backend.data import gold_answer, load_records
+from scheduler_backend.datasets import load
 from scheduler_backend.registry import create
 from scheduler_backend.runner import ProgramRunner
 from scheduler_backend.scheduler import Scheduler, SchedulingPolicy
@@ -76,9 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threshold", type=float, default=0.7)
     ap.add_argument("--max-tokens", type=int, default=256)
     args = ap.parse_args(argv)
-    records = load_records(GSM8K, args.questions) if GSM8K.is_file() else FALLBACK[: args.questions]
-    questions = [r["question"] for r in records]
-    golds = [gold_answer(r) for r in records]
+    problems = load("gsm8k", limit=args.questions)
+    questions = [p.question for p in problems]
+    golds = [p.gold for p in problems]
     options = {"budget": args.budget, "round_size": args.round_size, "settle_threshold": args.threshold, "max_tokens": args.max_tokens}
 
     srv = start_server(policy_model=args.model)

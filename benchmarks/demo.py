@@ -1,64 +1,103 @@
 """`make demo`: start the server on the model that can reason, run self-consistency programs on a
-handful of GSM8K questions at once through the `dynasor` model, show for each the answer, its
-certaindex and the samples it used against its budget, then stop the server."""
+mix of easy and hard grade-school questions at once through the `dynasor` model, and show what
+Dynasor does with them: from the first seconds, tokens generated per program and answers as rounds
+finish; at the end, easy questions settled after a few samples while split ones spent more.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from client.dynasor_client import DynasorClient, ProgramError, Progress
-from scheduler_backend.answers import answers_equal
-from scheduler_backend.data import gold_answer, load_records
-from serving.launcher import REPO_ROOT, start_server
+from scheduler_backend.datasets import Problem, is_correct, load
+from serving.launcher import start_server
 
-GSM8K = REPO_ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
-FALLBACK = [
-    {"question": "A baker makes 24 muffins and sells them in boxes of 4. Each box costs $6. How much money does he make if he sells all the boxes?", "answer": "36"},
-    {"question": "Sara reads 15 pages a day. Her book has 120 pages and she has already read 30. How many more days does she need?", "answer": "6"},
-    {"question": "A train travels 60 miles per hour for 2.5 hours and then 40 miles per hour for 1.5 hours. How many miles does it travel?", "answer": "210"},
-]
+# Two one-step grade-school problems (the model agrees with itself at once), one of four steps, and
+# GSM8K test questions on which its samples split: the table shows certaindex telling them apart.
+GRADE_SCHOOL_IDS = (0, 1, 3)
+GSM8K_IDS = (1, 6, 7)
+
+
+def demo_problems(count: int) -> list[Problem]:
+    easy = [load("grade-school")[i] for i in GRADE_SCHOOL_IDS]
+    hard = [load("gsm8k", limit=max(GSM8K_IDS) + 1)[i] for i in GSM8K_IDS]
+    mixed = [p for pair in zip(easy, hard) for p in pair]
+    return mixed[:count]
+
+
+class Ticker:
+    """One line per program at most every `every_s` seconds, and one on every finished round."""
+
+    def __init__(self, every_s: float = 5.0):
+        self.every_s, self.lock, self.t0 = every_s, threading.Lock(), time.monotonic()
+        self.last: dict[int, float] = {}
+        self.steps: dict[int, int] = {}
+
+    def __call__(self, i: int, p: Progress) -> None:
+        now = time.monotonic()
+        new_round = p.steps != self.steps.get(i, 0)
+        if p.final or not (new_round or now - self.last.get(i, -1e9) >= self.every_s):
+            return
+        self.last[i], self.steps[i] = now, p.steps
+        tokens = p.tokens_used + int(p.details.get("tokens_in_flight", 0))
+        what = (f"answer={p.answer!s:<8} certaindex={p.certaindex:.2f} samples={p.steps}/{p.budget}"
+                if p.steps else "generating the first round")
+        with self.lock:
+            print(f"  {now - self.t0:6.1f}s  q{i + 1}  tokens={tokens:<6} {what}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="qwen2.5-coder-0.5b")
-    ap.add_argument("--questions", type=int, default=5)
-    ap.add_argument("--budget", type=int, default=12)
+    ap.add_argument("--questions", type=int, default=6)
+    ap.add_argument("--budget", type=int, default=16)
     args = ap.parse_args(argv)
-    records = load_records(GSM8K, args.questions) if GSM8K.is_file() else FALLBACK[: args.questions]
+    problems = demo_problems(args.questions)
 
+    t_start = time.monotonic()
     srv = start_server(policy_model=args.model)
     try:
+        print(f"demo: policy engine settings: {srv.engine_settings}", flush=True)
         print(f"demo: starting tritonserver with {args.model} (about a minute; log {srv.log_path})", flush=True)
         srv.wait_ready(timeout_s=600)
+        print(f"demo: server ready after {time.monotonic() - t_start:.0f} s; {len(problems)} programs at once, "
+              f"self-consistency, up to {args.budget} samples each, rounds of 4", flush=True)
+        for i, p in enumerate(problems):
+            print(f"  q{i + 1}  [{p.dataset}] {p.question[:100]}{'...' if len(p.question) > 100 else ''}")
         client = DynasorClient(srv.grpc_url)
-        options = {"budget": args.budget, "round_size": 4, "settle_threshold": 0.7}
+        options = {"budget": args.budget, "round_size": 4, "settle_threshold": 0.7, "prompt": "grade-school",
+                   "max_tokens": 384}
+        ticker = Ticker()
 
         def one(i: int) -> tuple[int, Progress | str]:
-            def show(p: Progress) -> None:
-                print(f"  [q{i + 1}] answer={p.answer!s:<10} certaindex={p.certaindex:.2f} samples={p.steps}/{p.budget}", flush=True)
             try:
-                return i, client.solve(records[i]["question"], "self-consistency", options, on_progress=show)
+                return i, client.solve(problems[i].question, "self-consistency", options,
+                                       on_progress=lambda p: ticker(i, p))
             except ProgramError as e:
                 return i, str(e)
 
         t0 = time.monotonic()
-        with ThreadPoolExecutor(max_workers=len(records)) as pool:
-            results = dict(pool.map(one, range(len(records))))
+        with ThreadPoolExecutor(max_workers=len(problems)) as pool:
+            results = dict(pool.map(one, range(len(problems))))
         wall = time.monotonic() - t0
-        print(f"\n{'#':<3}{'answer':>10}{'gold':>8}{'ok':>4}{'certaindex':>12}{'samples':>10}{'stopped':>10}{'tokens':>8}  question")
-        for i, record in enumerate(records):
-            r, gold = results[i], gold_answer(record)
+        print(f"\n{'#':<4}{'set':<14}{'answer':>8}{'gold':>8}{'ok':>4}{'certaindex':>11}{'samples':>9}"
+              f"{'stopped':>9}{'tokens':>8}{'seconds':>9}")
+        for i, problem in enumerate(problems):
+            r = results[i]
             if isinstance(r, str):
-                print(f"{i + 1:<3}error: {r}")
+                print(f"q{i + 1:<3}error: {r}")
                 continue
-            ok = "yes" if answers_equal(r.answer, gold) else "no"
-            print(f"{i + 1:<3}{r.answer!s:>10}{gold!s:>8}{ok:>4}{r.certaindex:>12.2f}{f'{r.steps}/{r.budget}':>10}"
-                  f"{r.stop_reason:>10}{r.tokens_used:>8}  {record['question'][:60]}...")
-        print(f"\n{len(records)} programs in {wall:.0f} s on this machine; easy questions stop early (settled), "
-              "split ones spend more samples.")
+            ok = "yes" if is_correct(problem, r.answer) else "no"
+            print(f"q{i + 1:<3}{problem.dataset:<14}{r.answer!s:>8}{problem.gold!s:>8}{ok:>4}{r.certaindex:>11.2f}"
+                  f"{f'{r.steps}/{r.budget}':>9}{r.stop_reason:>9}{r.tokens_used:>8}{r.latency_s or 0:>9.0f}")
+        done = [r for r in results.values() if not isinstance(r, str)]
+        used = sum(r.steps for r in done)
+        print(f"\n{len(problems)} programs in {wall:.0f} s ({time.monotonic() - t_start:.0f} s with the server start). "
+              f"Samples used: {used} of {args.budget * len(done)} allowed: settled questions stopped early, "
+              "split ones spent more.")
         return 0
     finally:
         print("demo: stopping the server", flush=True)

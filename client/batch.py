@@ -3,14 +3,14 @@ when the records carry answers, accuracy and compute used against the budget."""
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 from tqdm import tqdm
 
 from client.dynasor_client import DynasorClient, ProgramError
 from scheduler_backend.answers import answers_equal
-from scheduler_backend.data import gold_answer, load_records
+from scheduler_backend.datasets import gold_answer, load_records
 
 
 def solve_file(path: str, url: str, protocol: str = "grpc", program: str | None = None, options: dict | None = None,
@@ -31,8 +31,12 @@ def solve_file(path: str, url: str, protocol: str = "grpc", program: str | None 
             row["correct"] = answers_equal(row["answer"], row["gold"])
         return row
 
+    rows: list[dict[str, Any]] = [{} for _ in records]
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        rows = list(tqdm(pool.map(one, records), total=len(records), desc="programs", unit="prog"))
+        futures = {pool.submit(one, record): i for i, record in enumerate(records)}
+        # The bar moves as programs finish, in whatever order they do.
+        for future in tqdm(as_completed(futures), total=len(records), desc="programs", unit="prog"):
+            rows[futures[future]] = future.result()
     if output:
         with open(output, "w") as f:
             for row in rows:

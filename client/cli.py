@@ -24,11 +24,13 @@ def _serve(args: argparse.Namespace, extra: list[str]) -> int:
         metrics_port=args.metrics_port,
         address=args.address,
         extra_args=extra,
+        engine_overrides=_engine_args(args.engine_arg),
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
+        print(f"dynasor: policy engine settings: {srv.engine_settings}", flush=True)
         print(f"dynasor: starting tritonserver (log: {srv.log_path})", flush=True)
         srv.wait_ready(timeout_s=args.ready_timeout)
         print(f"dynasor: ready  gRPC {srv.grpc_url}  HTTP {srv.http_url}  metrics {args.address}:{srv.metrics_port}/metrics", flush=True)
@@ -45,9 +47,24 @@ def _serve(args: argparse.Namespace, extra: list[str]) -> int:
         srv.stop()
 
 
+def _engine_args(pairs: list[str]) -> dict[str, Any]:
+    """`KEY=VALUE` vLLM engine arguments; a VALUE that parses as JSON is taken as such (numbers,
+    true/false), anything else as a string."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"dynasor serve: --engine-arg expects KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     options = json.loads(args.options) if args.options else {}
-    for key in ("budget", "deadline_s", "settle_threshold", "temperature", "max_tokens", "calibration"):
+    for key in ("budget", "deadline_s", "settle_threshold", "temperature", "max_tokens", "calibration", "prompt"):
         value = getattr(args, key, None)
         if value is not None:
             options[key] = value
@@ -90,6 +107,7 @@ def _program_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float)
     p.add_argument("--max-tokens", dest="max_tokens", type=int, help="tokens per generation step")
     p.add_argument("--calibration", help="name of a calibration file on the server")
+    p.add_argument("--prompt", help="grade-school (word problems, 'The answer is N'), math (\\boxed{} answers) or game24")
     p.add_argument("--options", help="JSON object of further program options")
 
 
@@ -106,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--grpc-port", type=int, default=8001)
     serve.add_argument("--metrics-port", type=int, default=8002)
     serve.add_argument("--ready-timeout", type=float, default=600.0)
+    serve.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
+                       help="vLLM engine argument for policy, over model.json (repeatable): dtype=float32, max_num_seqs=32")
 
     ask = sub.add_parser("ask", help="run one reasoning program and show its progress")
     ask.add_argument("question")

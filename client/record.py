@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from scheduler_backend.data import gold_answer, load_records
+from scheduler_backend.datasets import gold_answer, load_records
 from scheduler_backend.traces import record
 from serving.model_config import judge_settings, policy_engine_args
 

@@ -1,6 +1,6 @@
 """One decoupled call over tritonclient's gRPC stream, as a plain iterator of responses.
 
-Decoupled models answer only on the stream (PLATFORM.md pitfall 10). Each `StreamCall` owns one
+Decoupled models answer only on the stream (docs/PLATFORM.md pitfall 10). Each `StreamCall` owns one
 stream, so calls on separate threads never mix their responses, and closing it cancels the call on
 the server.
 """

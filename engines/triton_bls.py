@@ -1,6 +1,6 @@
 """The Engine over Triton BLS, for a model inside the server: `policy` generates, `reward` scores.
 
-Decoupled BLS responses come from a blocking iterator (PLATFORM.md pitfall 9), so each call is
+Decoupled BLS responses come from a blocking iterator (docs/PLATFORM.md pitfall 9), so each call is
 read by the shared drain on a thread of this engine's own pool. Triton 2.51 cannot cancel a BLS request, so `abort` asks `policy` to abort the engine request by
 its id; the stream then ends with a cancelled error, which this engine turns into a quiet end.
 """

@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
+from engines.engine_settings import settings_for_this_machine
 from engines.vllm_text import render_chat, top_logprobs
 from scheduler_backend.engine import ChatMessage, EngineError, GenerateCall, SampleDelta, SamplingSpec
 from scheduler_backend.judge import judge_score
@@ -26,10 +27,14 @@ class VllmEngine:
         self.tokenizer: Any = None
 
     async def __aenter__(self) -> VllmEngine:
+        import os
+
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**self.engine_args))
+        settings = settings_for_this_machine(self.engine_args)
+        os.environ.update(settings.env)
+        self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**settings.engine_args))
         self.tokenizer = self._llm.get_tokenizer()
         return self
 

@@ -19,6 +19,7 @@ from scheduler_backend.answers import ANSWER_FORMATS
 from scheduler_backend.errors import RequestError
 from scheduler_backend.program import ReasoningProgram
 from scheduler_backend.programs import EFFORTS, CotProbe, Mcts, Rebase, SelfConsistency
+from scheduler_backend.prompts import PROMPTS
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ COMMON_OPTIONS: dict[str, Spec] = {
     "top_p": Float(0.95, 0.01, 1.0),
     "max_tokens": Int(384, hi="max_tokens"),
     "answer_format": Choice("auto", ANSWER_FORMATS),
+    "prompt": Choice("math", PROMPTS),
     "allocation": Allocation(),
     "settle_threshold": Float(0.8),
     "detect_step": Int(4, hi="max_budget"),
@@ -246,6 +248,7 @@ register("mcts", ProgramFactory("mcts", Mcts.from_options, {
 register("cot-probe", ProgramFactory("cot-probe", CotProbe.from_options, {
     "budget": Int(32, hi="max_budget"),
     "max_tokens": None,
+    "prompt": None,
     "temperature": Float(0.6, 0.0, 2.0),
     "settle_threshold": Float(1.0),
     "detect_step": Int(1, hi="max_budget"),

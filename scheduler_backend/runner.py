@@ -34,17 +34,20 @@ class _Live:
     program: ReasoningProgram
     admitted: asyncio.Event = field(default_factory=asyncio.Event)
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    tokens_in_flight: int = 0  # streamed for steps not finished yet: progress before the first result
 
 
 class ProgramRunner:
     """One per engine; `run()` is called once per program, concurrently."""
 
     def __init__(self, engine: Engine, scheduler: Scheduler, clock: Callable[[], float] = time.monotonic,
-                 tokens_per_unit_prior: float = 256.0):
+                 tokens_per_unit_prior: float = 256.0, progress_interval_s: float | None = 2.0):
         self.engine = engine
         self.scheduler = scheduler
         self.clock = clock
         self.tokens_per_unit_prior = tokens_per_unit_prior
+        # Between results a program still reports, this often, the tokens its steps are generating.
+        self.progress_interval_s = progress_interval_s
         self._live: dict[str, _Live] = {}
         # Programs digest results here, one at a time, off the event loop: comparing answers can
         # take up to its time limit, and the loop keeps every other program's streams moving.
@@ -135,35 +138,50 @@ class ProgramRunner:
         try:
             while not program.done:
                 for step in program.next_steps():
-                    tasks[asyncio.ensure_future(self._run_step(pid, step))] = step
+                    tasks[asyncio.ensure_future(self._run_step(pid, live, step))] = step
                 if not tasks:
                     return f"program {program.name} issued no step and is not done"
-                done, _ = await asyncio.wait([*tasks, cancel_wait], timeout=self._time_left(deadline),
+                timeout = self._time_left(deadline)
+                tick = self.progress_interval_s if on_progress is not None else None
+                ticking = tick is not None and (timeout is None or tick < timeout)
+                done, _ = await asyncio.wait([*tasks, cancel_wait], timeout=tick if ticking else timeout,
                                              return_when=asyncio.FIRST_COMPLETED)
                 if cancel_wait in done:
                     program.stop(StopReason.CANCELLED)
                     return ""
-                if not done:
+                if not done and not ticking:
                     program.stop(StopReason.DEADLINE)
                     return ""
+                if not done:
+                    await self._report(live, on_progress)
+                    continue
                 for task in [t for t in tasks if t in done]:
                     tasks.pop(task)
                     try:
-                        await asyncio.get_running_loop().run_in_executor(self._results, program.on_result, task.result())
+                        result = task.result()
+                        live.tokens_in_flight -= result.num_tokens
+                        await asyncio.get_running_loop().run_in_executor(self._results, program.on_result, result)
                     except EngineError as e:
                         program.stop(StopReason.ERROR)
                         return str(e)
                 self.scheduler.update(pid, self._predicted_work(live))
                 self._reschedule()
-                if on_progress is not None:
-                    maybe = on_progress(program.state())
-                    if asyncio.iscoroutine(maybe):
-                        await maybe
+                await self._report(live, on_progress)
             return ""
         finally:
             cancel_wait.cancel()
 
-    async def _run_step(self, pid: str, step: Step) -> StepResult:
+    @staticmethod
+    async def _report(live: _Live, on_progress: ProgressCallback | None) -> None:
+        if on_progress is None:
+            return
+        state = live.program.state()
+        state.extra["tokens_in_flight"] = live.tokens_in_flight
+        maybe = on_progress(state)
+        if asyncio.iscoroutine(maybe):
+            await maybe
+
+    async def _run_step(self, pid: str, live: _Live, step: Step) -> StepResult:
         if isinstance(step, ScoreStep):
             scores = await self.engine.score(step.question, list(step.candidates))
             return StepResult(step.key, scores=scores)
@@ -182,6 +200,7 @@ class ProgramRunner:
                     s = samples.setdefault(d.index, Sample(text="", num_tokens=0))
                     s.text += d.text
                     s.num_tokens += d.num_tokens
+                    live.tokens_in_flight += d.num_tokens
                     if d.finished:
                         s.finish_reason = d.finish_reason
                         s.cumulative_logprob = d.cumulative_logprob

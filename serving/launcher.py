@@ -1,6 +1,6 @@
 """Start and stop the real `tritonserver` from the nvidia-pytriton wheel with this model repository.
 
-Everything PLATFORM.md found necessary happens here once: the backend folder with the stub built
+Everything docs/PLATFORM.md found necessary happens here once: the backend folder with the stub built
 for the running Python, the venv first on PATH and its libpython first on LD_LIBRARY_PATH, 127.0.0.1
 by default, and a stop that leaves no engine process behind (the server runs in its own process
 group, and every process of that tree is accounted for by pid).
@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+
+from engines.engine_settings import settings_for_this_machine
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_REPOSITORY = REPO_ROOT / "model_repository"
@@ -96,6 +98,7 @@ class TritonServer:
     metrics_port: int
     run_dir: Path
     log_path: Path
+    engine_settings: str = ""  # what the policy engine was given for this machine, in words
     _known_pids: set[int] = field(default_factory=set)
 
     @property
@@ -205,14 +208,19 @@ def start_server(
     repo = run_dir / "model_repository"
     shutil.rmtree(repo, ignore_errors=True)
     shutil.copytree(model_repository, repo, ignore=shutil.ignore_patterns("__pycache__"))
+    engine_settings = ""
     for name in VLLM_MODELS:
         model_json = repo / name / "1" / "model.json"
-        if model_json.exists() and (policy_model or engine_overrides):
-            cfg = json.loads(model_json.read_text())
+        if not model_json.exists():
+            continue
+        cfg = json.loads(model_json.read_text())
+        if policy_model or engine_overrides:
             if policy_model:
                 cfg["model"] = resolve_model(policy_model)
             cfg.update(engine_overrides or {})
             model_json.write_text(json.dumps(cfg, indent=2))
+        if name == "policy":
+            engine_settings = settings_for_this_machine(cfg).describe()
     http_port = http_port or free_port()
     grpc_port = grpc_port or free_port()
     local = "127.0.0.1" if address in ("0.0.0.0", "127.0.0.1") else address
@@ -238,4 +246,4 @@ def start_server(
     log = open(log_path, "ab")
     process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=server_env(), start_new_session=True, cwd=run_dir)
     log.close()
-    return TritonServer(process, http_port, grpc_port, metrics_port, run_dir, log_path)
+    return TritonServer(process, http_port, grpc_port, metrics_port, run_dir, log_path, engine_settings)

@@ -89,7 +89,7 @@ def _dequantize(gguf: Path, dest: Path) -> None:
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
     # transformers refuses to save a model loaded from GGUF although its weights are already
-    # dequantized (PLATFORM.md pitfall 13).
+    # dequantized (docs/PLATFORM.md pitfall 13).
     model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

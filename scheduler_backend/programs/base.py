@@ -9,8 +9,8 @@ from scheduler_backend.allocation import AllocationPolicy, Verdict
 from scheduler_backend.answers import extract_answer
 from scheduler_backend.engine import ChatMessage, SamplingSpec
 from scheduler_backend.program import ReasoningProgram, StopReason
+from scheduler_backend.prompts import solve_messages
 
-SYSTEM_PROMPT = "Solve the following problem step by step. Put the final answer in \\boxed{}."
 STEP_SEPARATOR = "\n\n"
 # Formats with an explicit "this is the final answer" marker; a bare number ends nothing.
 _MARKER_FORMATS = ("boxed", "gsm8k", "answer-is")
@@ -19,9 +19,14 @@ _MARKER_FORMATS = ("boxed", "gsm8k", "answer-is")
 class PolicyProgram(ReasoningProgram):
     """A program whose stopping (beyond its cap and its natural end) is the policy's call."""
 
-    def __init__(self, question: str, budget: int, policy: AllocationPolicy):
+    def __init__(self, question: str, budget: int, policy: AllocationPolicy, prompt: str = "math"):
         super().__init__(question, budget)
         self.policy = policy
+        self.prompt = prompt
+
+    def solve_messages(self, partial: str = "") -> tuple[ChatMessage, ...]:
+        """The chat for this program's question in its prompt; a `partial` solution is continued."""
+        return solve_messages(self.question, self.prompt, partial)
 
     def _consult(self, natural_end: bool = False, capped: bool | None = None) -> None:
         """A detection point: stop if the algorithm ended, the policy says so, or the cap is spent
@@ -54,12 +59,6 @@ def require_positive(**values: float) -> None:
     for name, value in values.items():
         if not value > 0:
             raise ValueError(f"{name}: must be > 0, got {value}")
-
-
-def solve_messages(question: str, partial: str = "") -> tuple[ChatMessage, ...]:
-    """The chat for solving `question`; a non-empty `partial` solution is continued by the engine."""
-    messages = (ChatMessage("system", SYSTEM_PROMPT), ChatMessage("user", question))
-    return messages + (ChatMessage("assistant", partial),) if partial else messages
 
 
 def sample_answer(text: str, finish_reason: str | None, fmt: str) -> str | None:

@@ -23,7 +23,6 @@ from scheduler_backend.programs.base import (
     extend,
     require_positive,
     sampling_from,
-    solve_messages,
 )
 
 
@@ -58,8 +57,8 @@ class Mcts(PolicyProgram):
 
     def __init__(self, question: str, budget: int, policy: AllocationPolicy, *, sampling: SamplingSpec,
                  children: int = 3, max_depth: int = 6, rollout_tokens: int = 384, exploration: float = 1.0,
-                 answer_format: str = "auto"):
-        super().__init__(question, budget, policy)
+                 answer_format: str = "auto", prompt: str = "math"):
+        super().__init__(question, budget, policy, prompt)
         require_positive(children=children, max_depth=max_depth, rollout_tokens=rollout_tokens)
         if exploration < 0:
             raise ValueError(f"exploration: must be >= 0, got {exploration}")
@@ -79,7 +78,7 @@ class Mcts(PolicyProgram):
     def from_options(cls, question: str, o: Mapping[str, Any], policy: AllocationPolicy) -> Mcts:
         return cls(question, o["budget"], policy, sampling=sampling_from(o), children=o["children"],
                    max_depth=o["max_depth"], rollout_tokens=o["rollout_tokens"], exploration=o["exploration"],
-                   answer_format=o["answer_format"])
+                   answer_format=o["answer_format"], prompt=o["prompt"])
 
     def next_steps(self) -> list[Step]:
         if self.done or self._waiting:
@@ -93,7 +92,7 @@ class Mcts(PolicyProgram):
         if leaf.terminal or (leaf.visits == 0 and leaf is not self.root) or leaf.depth >= self.max_depth:
             return self._rollout(leaf)
         self._node = leaf
-        messages = solve_messages(self.question, leaf.text)
+        messages = self.solve_messages(leaf.text)
         return GenerateStep(f"i{self.iterations}:expand", self.step_sampling, messages)
 
     def _select(self) -> _Node:
@@ -113,7 +112,7 @@ class Mcts(PolicyProgram):
         if node.terminal:
             self._text = node.text
             return ScoreStep(f"i{self.iterations}:score", self.question, (node.text,))
-        messages = solve_messages(self.question, node.text)
+        messages = self.solve_messages(node.text)
         return GenerateStep(f"i{self.iterations}:rollout", self.rollout_sampling, messages)
 
     def _absorb(self, result: StepResult) -> None:

@@ -25,7 +25,6 @@ from scheduler_backend.programs.base import (
     extend,
     require_positive,
     sampling_from,
-    solve_messages,
 )
 
 
@@ -61,8 +60,8 @@ class Rebase(PolicyProgram):
 
     def __init__(self, question: str, budget: int, policy: AllocationPolicy, *, sampling: SamplingSpec,
                  width: int = 4, children: int = 3, max_depth: int = 8, reward_temperature: float = 0.2,
-                 answer_format: str = "auto"):
-        super().__init__(question, budget, policy)
+                 answer_format: str = "auto", prompt: str = "math"):
+        super().__init__(question, budget, policy, prompt)
         require_positive(width=width, children=children, max_depth=max_depth, reward_temperature=reward_temperature)
         self.sampling = replace(sampling, stop=(STEP_SEPARATOR,))
         self.width, self.children, self.max_depth = width, children, max_depth
@@ -81,7 +80,7 @@ class Rebase(PolicyProgram):
     def from_options(cls, question: str, o: Mapping[str, Any], policy: AllocationPolicy) -> Rebase:
         return cls(question, o["budget"], policy, sampling=sampling_from(o), width=o["width"],
                    children=o["children"], max_depth=o["max_depth"], reward_temperature=o["reward_temperature"],
-                   answer_format=o["answer_format"])
+                   answer_format=o["answer_format"], prompt=o["prompt"])
 
     def next_steps(self) -> list[Step]:
         if self.done or self._parents or self._scoring:
@@ -97,7 +96,7 @@ class Rebase(PolicyProgram):
             if n:
                 key = f"d{self.depth}:c{j}"
                 self._parents[key] = parent
-                messages = solve_messages(self.question, parent.text)
+                messages = self.solve_messages(parent.text)
                 steps.append(GenerateStep(key, replace(self.sampling, n=n), messages))
         self.expansions += sum(counts)
         return steps

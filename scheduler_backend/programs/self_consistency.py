@@ -12,7 +12,7 @@ from scheduler_backend.answers import cluster_answers, majority_answer
 from scheduler_backend.certaindex import entropy_certaindex
 from scheduler_backend.engine import SamplingSpec
 from scheduler_backend.program import GenerateStep, Step, StepResult
-from scheduler_backend.programs.base import PolicyProgram, require_positive, sample_answer, sampling_from, solve_messages
+from scheduler_backend.programs.base import PolicyProgram, require_positive, sample_answer, sampling_from
 
 
 class SelfConsistency(PolicyProgram):
@@ -22,8 +22,9 @@ class SelfConsistency(PolicyProgram):
     name = "self-consistency"
 
     def __init__(self, question: str, budget: int, policy: AllocationPolicy, *, sampling: SamplingSpec,
-                 round_size: int = 4, first_round: int | None = None, answer_format: str = "auto"):
-        super().__init__(question, budget, policy)
+                 round_size: int = 4, first_round: int | None = None, answer_format: str = "auto",
+                 prompt: str = "math"):
+        super().__init__(question, budget, policy, prompt)
         require_positive(round_size=round_size)
         self.sampling = sampling
         self.round_size = round_size
@@ -38,7 +39,8 @@ class SelfConsistency(PolicyProgram):
     def from_options(cls, question: str, o: Mapping[str, Any], policy: AllocationPolicy) -> SelfConsistency:
         """From registry-validated options; the first round is the policy's detection step."""
         return cls(question, o["budget"], policy, sampling=sampling_from(o), round_size=o["round_size"],
-                   first_round=getattr(policy, "detect_step", None), answer_format=o["answer_format"])
+                   first_round=getattr(policy, "detect_step", None), answer_format=o["answer_format"],
+                   prompt=o["prompt"])
 
     def next_steps(self) -> list[Step]:
         if self.done or self._waiting:
@@ -50,7 +52,7 @@ class SelfConsistency(PolicyProgram):
         self._rounds += 1
         self._waiting = True
         return [GenerateStep(key=f"round{self._rounds}", sampling=replace(self.sampling, n=size),
-                             messages=solve_messages(self.question))]
+                             messages=self.solve_messages())]
 
     def _absorb(self, result: StepResult) -> None:
         self._waiting = False

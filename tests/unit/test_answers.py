@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import psutil
 import pytest
@@ -18,15 +17,11 @@ from scheduler_backend.answers import (
     normalize_answer,
     sympy_worker,
 )
-
-DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+from scheduler_backend.datasets import DATA_DIR
 
 
 def _records(name: str) -> list[dict]:
-    path = DATA_DIR / name / "test.jsonl"
-    if not path.is_file():
-        pytest.fail(f"{path} is missing: the benchmark data must sit beside the repository in shared/data")
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return [json.loads(line) for line in (DATA_DIR / name / "test.jsonl").read_text().splitlines()]
 
 
 def _gsm8k_key(record: dict) -> str:

@@ -114,3 +114,28 @@ def test_a_program_id_cannot_run_twice():
         return ""
 
     assert "already running" in asyncio.run(go())
+
+
+def test_between_results_progress_reports_the_tokens_being_generated():
+    """A client sees work from the first seconds, before any sample has finished."""
+    seen = []
+    engine = ScriptedEngine(lambda call, i: "first this, then that, and so on " * 4 + f"\\boxed{{{i}}}", delay_s=0.3)
+    runner = ProgramRunner(engine, Scheduler(), progress_interval_s=0.05)
+    state = asyncio.run(runner.run("p", sc(budget=4), on_progress=seen.append))
+    early = [s for s in seen if s.steps == 0]
+    assert early, "no progress before the first round finished"
+    assert any(s.extra["tokens_in_flight"] > 0 for s in early)
+    assert state.stop_reason is StopReason.CAP and state.steps == 4
+    assert seen[-1].extra["tokens_in_flight"] == 0, "finished rounds move their tokens to tokens_used"
+
+
+def test_progress_ticks_do_not_end_a_program_before_its_deadline():
+    runner = ProgramRunner(differing(delay_s=0.2), Scheduler(), progress_interval_s=0.05)
+
+    async def go():
+        t0 = time.monotonic()
+        state = await runner.run("p", sc(budget=64), deadline_s=0.8, on_progress=lambda s: None)
+        return state, time.monotonic() - t0
+
+    state, elapsed = asyncio.run(go())
+    assert state.stop_reason is StopReason.DEADLINE and elapsed >= 0.8

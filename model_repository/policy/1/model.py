@@ -33,6 +33,8 @@ _METRICS = (
     ("dynasor_engine_requests_total", "Requests by outcome", "counter"),
 )
 
+from engines.engine_settings import settings_for_this_machine  # noqa: E402
+
 _ENGINE_ARGS_FILE = "model.json"
 
 
@@ -63,6 +65,10 @@ class TritonPythonModel:
         with open(os.path.join(model_dir, args["model_version"], _ENGINE_ARGS_FILE)) as f:
             self.engine_config = json.load(f)
         self.engine_config["model"] = _resolve_model_path(self.engine_config["model"], model_dir)
+        settings = settings_for_this_machine(self.engine_config)
+        self.engine_config = settings.engine_args
+        os.environ.update(settings.env)  # read by the engine process it spawns
+        self.logger.log_info(f"[policy] engine settings for this machine: {settings.describe()}")
 
         self._metrics = Metrics(args["model_name"], _METRICS)
         self._in_flight: dict[str, asyncio.Task] = {}

@@ -1,0 +1,79 @@
+"""vLLM engine settings chosen for the machine the engine runs on.
+
+Machines of the same kind differ: bf16 is fast only where the CPU computes it natively (AVX-512
+BF16 / AMX), about 5x slower than float32 on AVX2-only CPUs; vLLM-CPU keeps one core off its
+compute threads, half of a 2-core machine; and its torch.compile warm-up costs minutes on the
+first start while eager mode decodes as fast here (docs/PLATFORM.md pitfalls 14-16). Whatever
+model.json or the environment sets explicitly is kept; only what they leave open is chosen, and
+every choice carries its reason so `dynasor serve` and the policy log can say what was picked.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+# At most this many cores, every core computes: the engine's scheduler thread costs less than an
+# idle core. On bigger machines vLLM's own reservation of one core is kept.
+SMALL_MACHINE_CORES = 4
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Engine arguments and environment for one engine start, with one line per choice made."""
+
+    engine_args: dict[str, Any]
+    env: dict[str, str] = field(default_factory=dict)
+    choices: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        return "; ".join(self.choices) if self.choices else "all engine settings given explicitly"
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU's feature flags (empty where /proc/cpuinfo is not readable)."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def has_gpu() -> bool:
+    """A CUDA device vLLM would use; asked lazily so CPU-only callers never import torch."""
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def choose_engine_settings(engine_args: Mapping[str, Any], *, gpu: bool, flags: frozenset[str], cores: int,
+                           environ: Mapping[str, str]) -> EngineSettings:
+    """Fill in what `engine_args` (model.json plus overrides) and `environ` leave open."""
+    args = dict(engine_args)
+    env: dict[str, str] = {}
+    choices: list[str] = []
+    if "dtype" not in args and not gpu:
+        native = sorted(NATIVE_BF16_FLAGS & flags)
+        args["dtype"] = "bfloat16" if native else "float32"
+        why = f"CPU has {', '.join(native)}" if native else "CPU has no native bf16 (no avx512_bf16/amx_bf16)"
+        choices.append(f"dtype={args['dtype']} ({why})")
+    if gpu:
+        return EngineSettings(args, env, tuple(choices))
+    if "enforce_eager" not in args:
+        args["enforce_eager"] = True
+        choices.append("enforce_eager=true (vLLM-CPU decodes as fast without torch.compile; skips its warm-up)")
+    if "VLLM_CPU_NUM_OF_RESERVED_CPU" not in environ and cores <= SMALL_MACHINE_CORES:
+        env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
+        choices.append(f"VLLM_CPU_NUM_OF_RESERVED_CPU=0 (all {cores} cores compute)")
+    return EngineSettings(args, env, tuple(choices))
+
+
+def settings_for_this_machine(engine_args: Mapping[str, Any]) -> EngineSettings:
+    """`choose_engine_settings` for the machine this process runs on."""
+    return choose_engine_settings(engine_args, gpu=has_gpu(), flags=cpu_flags(), cores=os.cpu_count() or 1,
+                                  environ=os.environ)
