@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engines.engine_settings import settings_for_this_machine
+from engines.engine_settings import cpu_model, settings_for_this_machine
 from scheduler_backend.answers import majority_answer
 from scheduler_backend.datasets import DATASETS, Problem, is_correct, load
 from scheduler_backend.programs.base import sample_answer
@@ -41,20 +40,6 @@ PLANS = {
     "aime24": SetPlan("math", 1024, 30),
     "game24": SetPlan("game24", 384, 40),
 }
-
-
-def cpu_model() -> str:
-    """The CPU's model name and whether it computes bf16 natively: every figure is read with it."""
-    name = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
-    except OSError:
-        pass
-    from engines.engine_settings import NATIVE_BF16_FLAGS, cpu_flags
-
-    bf16 = sorted(NATIVE_BF16_FLAGS & cpu_flags())
-    return f"{name}, {os.cpu_count()} cores, {'native bf16: ' + ','.join(bf16) if bf16 else 'no native bf16 (AVX2)'}"
 
 
 def grade(problem: Problem, texts: list[str], finish: list[str | None]) -> dict:

@@ -1,25 +1,31 @@
 """Benchmark: the `policy` model's output tokens/s through Triton next to vLLM's own
 `LLM.generate` on the same prompts, engine arguments and machine, in one run.
 
-Each concurrency level sends C prompts at once (one sample each, fixed length: ignore_eos), so both
-paths decode the same number of tokens; the ratio Triton/direct is what matters on a noisy host.
-Only one engine lives at a time (the machine has 2 cores): Triton first, then the direct engine in
-a child process.
+Each concurrency level sends C prompts at once (one sample each, fixed length: ignore_eos), so every
+path decodes the same number of tokens; ratios measured in one run are what matter on a noisy host.
+The direct engine runs with the settings `policy` picks for this machine, then with each choice
+undone (the other dtype, vLLM's default core reservation, torch.compile instead of eager), so the
+table shows what each choice is worth here. One engine lives at a time (the machine has 2 cores).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
+from engines.engine_settings import cpu_model, settings_for_this_machine
 from engines.grpc_stream import StreamCall
-from serving.launcher import MODEL_REPOSITORY, resolve_model, start_server
+from serving.launcher import start_server
+from serving.model_config import policy_engine_args
 
 TOPICS = ["apples", "trains", "rivers", "stars", "bread", "clocks", "bees", "ships"]
 
@@ -28,16 +34,15 @@ def prompts(count: int) -> list[str]:
     return [f"Write a short story number {i} about {TOPICS[i % len(TOPICS)]}." for i in range(count)]
 
 
-def engine_args(model: str) -> dict:
-    cfg = json.loads((MODEL_REPOSITORY / "policy" / "1" / "model.json").read_text())
-    cfg["model"] = resolve_model(model)
-    return cfg
-
-
-def triton_run(model: str, levels: list[int], max_tokens: int) -> dict[int, float]:
+def triton_run(model: str, levels: list[int], max_tokens: int) -> tuple[dict[int, float], float]:
+    """`policy` with the project's defaults (nothing overridden but the model); tokens/s per level
+    and seconds from launch to ready."""
+    t0 = time.perf_counter()
     srv = start_server(policy_model=model, extra_args=["--model-control-mode=explicit", "--load-model=policy"])
     try:
+        print(f"policy engine settings: {srv.engine_settings}", flush=True)
         srv.wait_ready(600)
+        start_s = time.perf_counter() - t0
         sampling = json.dumps({"max_tokens": max_tokens, "ignore_eos": True, "temperature": 0.7})
 
         def one(prompt: str) -> int:
@@ -51,53 +56,87 @@ def triton_run(model: str, levels: list[int], max_tokens: int) -> dict[int, floa
                 t0 = time.perf_counter()
                 tokens = sum(tqdm(pool.map(one, prompts(c)), total=c, desc=f"triton c={c}", leave=False))
                 out[c] = tokens / (time.perf_counter() - t0)
-        return out
+        return out, start_s
     finally:
         srv.stop()
 
 
-def direct_run(model: str, levels: list[int], max_tokens: int) -> dict[int, float]:
-    """vLLM's offline `LLM.generate` in a child process (spawned engines need a __main__ guard)."""
-    cmd = [sys.executable, "-m", "benchmarks.bench_policy", "--direct-child", json.dumps({"model": model, "levels": levels, "max_tokens": max_tokens})]
-    done = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+@dataclass(frozen=True)
+class DirectConfig:
+    """One way to run vLLM directly: engine arguments and environment over the chosen settings."""
+
+    name: str
+    args: dict[str, Any]
+    env: dict[str, str]
+
+
+def direct_configs(model: str) -> list[DirectConfig]:
+    """The settings `policy` picks on this machine, and each choice undone one at a time."""
+    chosen = settings_for_this_machine(policy_engine_args(model))
+    other_dtype = "float32" if chosen.engine_args.get("dtype") == "bfloat16" else "bfloat16"
+    return [
+        DirectConfig("chosen", chosen.engine_args, chosen.env),
+        DirectConfig(other_dtype, {**chosen.engine_args, "dtype": other_dtype}, chosen.env),
+        DirectConfig("one core (vLLM reserves one)", chosen.engine_args,
+                     {**chosen.env, "VLLM_CPU_NUM_OF_RESERVED_CPU": "1"}),
+        DirectConfig("torch.compile", {**chosen.engine_args, "enforce_eager": False}, chosen.env),
+    ]
+
+
+def direct_run(config: DirectConfig, levels: list[int], max_tokens: int) -> tuple[dict[int, float], float]:
+    """vLLM's offline `LLM.generate` in a child process (spawned engines need a __main__ guard, and
+    the environment must be set before vLLM reads it); returns tokens/s per level and start seconds."""
+    spec = {"args": config.args, "levels": levels, "max_tokens": max_tokens}
+    cmd = [sys.executable, "-m", "benchmarks.bench_policy", "--direct-child", json.dumps(spec)]
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, **config.env},
+                          cwd=Path(__file__).resolve().parent.parent)
     line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")][-1]
-    return {int(k): v for k, v in json.loads(line[len("RESULT "):]).items()}
+    result = json.loads(line[len("RESULT "):])
+    return {int(k): v for k, v in result["tok_s"].items()}, result["start_s"]
 
 
-def _direct_child(spec: dict) -> None:
+def _direct_child(spec: dict[str, Any]) -> None:
     from vllm import LLM, SamplingParams
 
-    args = engine_args(spec["model"])
+    args = dict(spec["args"])
     args.pop("disable_log_stats", None)
+    t0 = time.perf_counter()
     llm = LLM(**args)
     params = SamplingParams(max_tokens=spec["max_tokens"], ignore_eos=True, temperature=0.7)
     llm.generate(["warm up"], params, use_tqdm=False)
+    start_s = time.perf_counter() - t0
     out = {}
     for c in spec["levels"]:
         t0 = time.perf_counter()
         results = llm.generate(prompts(c), params, use_tqdm=False)
         out[c] = sum(len(o.token_ids) for r in results for o in r.outputs) / (time.perf_counter() - t0)
-    print("RESULT " + json.dumps(out), flush=True)
+    print("RESULT " + json.dumps({"tok_s": out, "start_s": start_s}), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", nargs="+", default=["smollm2-135m", "qwen2.5-coder-0.5b"])
+    ap.add_argument("--models", nargs="+", default=["qwen2.5-coder-0.5b"])
     ap.add_argument("--levels", nargs="+", type=int, default=[16, 64])
-    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--direct-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.direct_child:
         _direct_child(json.loads(args.direct_child))
         return 0
-    rows = []
+    print(f"hardware: {cpu_model()}", flush=True)
     for model in args.models:
-        tri = triton_run(model, args.levels, args.max_tokens)
-        direct = direct_run(model, args.levels, args.max_tokens)
-        rows += [(model, c, tri[c], direct[c]) for c in args.levels]
-    print(f"\n{'model':<22}{'concurrent':>11}{'triton tok/s':>14}{'direct tok/s':>14}{'ratio':>8}")
-    for model, c, t, d in rows:
-        print(f"{model:<22}{c:>11}{t:>14.1f}{d:>14.1f}{t / d:>8.3f}")
+        rows = []
+        tri, tri_start = triton_run(model, args.levels, args.max_tokens)
+        rows.append(("policy through Triton (project defaults)", tri, tri_start))
+        for config in tqdm(direct_configs(model), desc=f"{model}: direct vLLM configurations", unit="config"):
+            tok_s, start_s = direct_run(config, args.levels, args.max_tokens)
+            rows.append((f"vLLM direct, {config.name}", tok_s, start_s))
+        fastest = {c: max(r[1][c] for r in rows[1:]) for c in args.levels}
+        print(f"\n{model}, {args.max_tokens} tokens per request; ratio = tokens/s over the fastest direct vLLM "
+              f"configuration at the same concurrency; {cpu_model()}")
+        print(f"{'configuration':<44}{'start s':>8}" + "".join(f"{f'tok/s @{c}':>12}{'ratio':>7}" for c in args.levels))
+        for name, tok_s, start_s in rows:
+            print(f"{name:<44}{start_s:>8.0f}" + "".join(f"{tok_s[c]:>12.1f}{tok_s[c] / fastest[c]:>7.2f}" for c in args.levels))
     return 0
 
 

@@ -44,6 +44,18 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
     return frozenset()
 
 
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name, cores and native bf16: every absolute figure is read next to it."""
+    name = "unknown CPU"
+    try:
+        with open(cpuinfo) as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    native = sorted(NATIVE_BF16_FLAGS & cpu_flags(cpuinfo))
+    return f"{name}, {os.cpu_count()} cores, " + (f"native bf16 ({', '.join(native)})" if native else "no native bf16 (AVX2 only)")
+
+
 def has_gpu() -> bool:
     """A CUDA device vLLM would use; asked lazily so CPU-only callers never import torch."""
     import torch

@@ -1,0 +1,40 @@
+"""Engine settings follow the machine: bf16 only where the CPU computes it natively, every core
+computing on a small machine, eager on CPU; whatever model.json or the environment says wins."""
+from __future__ import annotations
+
+from engines.engine_settings import choose_engine_settings, cpu_flags, cpu_model
+
+AVX2 = frozenset({"avx", "avx2", "fma"})
+ZEN4 = AVX2 | {"avx512f", "avx512_bf16"}
+
+
+def test_cpu_without_native_bf16_gets_float32_and_with_it_bf16():
+    assert choose_engine_settings({}, gpu=False, flags=AVX2, cores=2, environ={}).engine_args["dtype"] == "float32"
+    assert choose_engine_settings({}, gpu=False, flags=ZEN4, cores=2, environ={}).engine_args["dtype"] == "bfloat16"
+    amx = choose_engine_settings({}, gpu=False, flags=AVX2 | {"amx_bf16"}, cores=2, environ={})
+    assert amx.engine_args["dtype"] == "bfloat16" and "amx_bf16" in amx.describe()
+
+
+def test_explicit_settings_are_kept():
+    s = choose_engine_settings({"dtype": "bfloat16", "enforce_eager": False}, gpu=False, flags=AVX2, cores=2,
+                               environ={"VLLM_CPU_NUM_OF_RESERVED_CPU": "1"})
+    assert s.engine_args == {"dtype": "bfloat16", "enforce_eager": False}
+    assert s.env == {} and s.choices == ()
+
+
+def test_small_machines_compute_on_every_core_and_big_ones_keep_vllms_reservation():
+    assert choose_engine_settings({}, gpu=False, flags=AVX2, cores=2, environ={}).env == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    assert choose_engine_settings({}, gpu=False, flags=AVX2, cores=16, environ={}).env == {}
+
+
+def test_gpu_hosts_keep_the_models_dtype_and_cuda_graphs():
+    s = choose_engine_settings({"model": "m"}, gpu=True, flags=AVX2, cores=2, environ={})
+    assert s.engine_args == {"model": "m"} and s.env == {}
+
+
+def test_cpu_flags_and_model_come_from_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu avx2 avx512_bf16\n")
+    assert cpu_flags(str(info)) == {"fpu", "avx2", "avx512_bf16"}
+    assert cpu_model(str(info)).startswith("Test CPU 9000") and "avx512_bf16" in cpu_model(str(info))
+    assert cpu_flags(str(tmp_path / "missing")) == frozenset()
