@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test unit lint serve bench-policy bench-dynasor bench-scheduling bench-scheduler clean
+.PHONY: setup demo test unit lint serve bench-policy bench-accuracy bench-dynasor bench-scheduling bench-scheduler clean
 
 setup:
 	@bash scripts/setup.sh
@@ -27,12 +27,14 @@ serve: setup
 bench-policy: setup
 	$(PY) -m benchmarks.bench_policy
 
+bench-accuracy: setup
+	$(PY) -m benchmarks.bench_accuracy
+
 bench-dynasor: setup
 	$(PY) -m benchmarks.bench_dynasor
 
 bench-scheduling: setup
 	$(PY) -m benchmarks.bench_scheduling
-
 
 bench-scheduler: setup
 	$(PY) -m benchmarks.bench_scheduler

