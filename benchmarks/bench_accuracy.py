@@ -60,7 +60,7 @@ def evaluate(llm, tokenizer, dataset: str, split: str, plan: SetPlan, samples: i
     problems = load(dataset, split, skip + plan.limit)[skip:]
     chats = [[{"role": m.role, "content": m.content} for m in solve_messages(p.question, plan.prompt)] for p in problems]
     prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
-    params = SamplingParams(n=samples, temperature=temperature, top_p=0.95, max_tokens=plan.max_tokens)
+    params = SamplingParams(n=samples, temperature=temperature, top_k=50, max_tokens=plan.max_tokens)
     outputs = llm.generate(prompts, params, use_tqdm=True)
     rows = []
     for problem, out in zip(problems, outputs):

@@ -24,6 +24,8 @@ def policy_inputs(call: GenerateCall) -> dict[str, Any]:
     stream and priority."""
     s = call.sampling
     sampling: dict[str, Any] = {"n": s.n, "max_tokens": s.max_tokens, "temperature": s.temperature, "top_p": s.top_p}
+    if s.top_k:
+        sampling["top_k"] = s.top_k
     if s.stop:
         sampling["stop"] = list(s.stop)
     if s.logprobs is not None:

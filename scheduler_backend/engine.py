@@ -23,7 +23,8 @@ class SamplingSpec:
 
     max_tokens: int
     temperature: float = 0.7
-    top_p: float = 0.95
+    top_p: float = 1.0
+    top_k: int = 0  # 0: no top-k cut
     n: int = 1
     stop: tuple[str, ...] = ()
     logprobs: int | None = None

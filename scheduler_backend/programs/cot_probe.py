@@ -24,7 +24,7 @@ EFFORTS: dict[str, tuple[int, int]] = {
     "mild": (8, 64), "low": (5, 64), "mid": (3, 64), "high": (2, 64), "crazy": (2, 32),
 }
 PROBE_SUFFIX = "\n\n... Oh, I suddenly got the answer to the whole problem, **Final Answer**\n\n\\[ \\boxed{"
-PROBE_SAMPLING = SamplingSpec(max_tokens=20, temperature=0.6, top_p=0.95)
+PROBE_SAMPLING = SamplingSpec(max_tokens=20, temperature=0.6, top_k=50)
 
 
 class CotProbe(PolicyProgram):

@@ -15,11 +15,11 @@ from scheduler_backend.engine import ChatMessage, GenerateCall, SamplingSpec
 
 
 def test_inputs_carry_sampling_messages_stream_and_priority() -> None:
-    call = GenerateCall("r", SamplingSpec(max_tokens=8, n=2, stop=("\n",), logprobs=3),
+    call = GenerateCall("r", SamplingSpec(max_tokens=8, n=2, stop=("\n",), logprobs=3, top_k=50),
                         messages=(ChatMessage("user", "hi"),), priority=-4)
     inputs = policy_inputs(call)
-    assert json.loads(inputs["sampling_parameters"]) == {"n": 2, "max_tokens": 8, "temperature": 0.7, "top_p": 0.95,
-                                                         "stop": ["\n"], "logprobs": 3}
+    assert json.loads(inputs["sampling_parameters"]) == {"n": 2, "max_tokens": 8, "temperature": 0.7, "top_p": 1.0,
+                                                         "top_k": 50, "stop": ["\n"], "logprobs": 3}
     assert json.loads(inputs["messages"]) == [{"role": "user", "content": "hi"}]
     assert inputs["stream"] is True and inputs["priority"] == -4 and "text_input" not in inputs
     assert policy_outputs(call) == [*POLICY_OUTPUTS, "logprobs"]

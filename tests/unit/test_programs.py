@@ -222,7 +222,7 @@ def test_cot_probe_settles_when_the_last_probes_agree():
     assert state.answer == "5"
     assert 3 <= state.steps < 12
     probe = next(c for c in engine.calls if _last(c).endswith("\\boxed{"))
-    assert probe.sampling.max_tokens == 20 and probe.sampling.temperature == 0.6 and probe.sampling.top_p == 0.95
+    assert probe.sampling.max_tokens == 20 and probe.sampling.temperature == 0.6 and probe.sampling.top_k == 50
     assert "**Final Answer**" in _last(probe) and [m.role for m in probe.messages] == ["user", "assistant"]
 
 

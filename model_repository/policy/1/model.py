@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 from sampling_request import parse_request  # noqa: E402
 
+from engines.engine_settings import settings_for_this_machine  # noqa: E402
 from engines.vllm_text import render_chat, top_logprobs  # noqa: E402
 from scheduler_backend.errors import RequestError  # noqa: E402
 from serving.triton_model import Metrics, parameters, send_error  # noqa: E402
@@ -32,8 +33,6 @@ _METRICS = (
     ("dynasor_engine_deaths_total", "Times the vLLM engine process died", "counter"),
     ("dynasor_engine_requests_total", "Requests by outcome", "counter"),
 )
-
-from engines.engine_settings import settings_for_this_machine  # noqa: E402
 
 _ENGINE_ARGS_FILE = "model.json"
 
