@@ -34,8 +34,8 @@ class SetPlan:
 
 
 PLANS = {
-    "gsm8k": SetPlan("grade-school", 512, 200),
-    "grade-school": SetPlan("grade-school", 384, 60),
+    "gsm8k": SetPlan("math", 640, 200),
+    "grade-school": SetPlan("math", 640, 60),
     "math500": SetPlan("math", 1024, 40),
     "aime24": SetPlan("math", 1024, 30),
     "game24": SetPlan("game24", 384, 40),
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", default="test", choices=("test", "train"))
     ap.add_argument("--model", default="qwen2.5-coder-0.5b")
     ap.add_argument("--samples", type=int, default=8)
-    ap.add_argument("--temperature", type=float, default=0.7)
+    ap.add_argument("--temperature", type=float, default=0.5)
     ap.add_argument("--limit", type=int, help="questions per set (default: each set's plan)")
     ap.add_argument("--prompt", choices=PROMPTS, help="one prompt for every set (default: each set's own)")
     ap.add_argument("--max-tokens", type=int, help="default: each set's plan")

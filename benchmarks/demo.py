@@ -68,8 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, p in enumerate(problems):
             print(f"  q{i + 1}  [{p.dataset}] {p.question[:100]}{'...' if len(p.question) > 100 else ''}")
         client = DynasorClient(srv.grpc_url)
-        options = {"budget": args.budget, "round_size": 4, "settle_threshold": 0.7, "prompt": "grade-school",
-                   "max_tokens": 384}
+        options = {"budget": args.budget, "round_size": 4, "settle_threshold": 0.7}
         ticker = Ticker()
 
         def one(i: int) -> tuple[int, Progress | str]:

@@ -107,7 +107,7 @@ def _program_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float)
     p.add_argument("--max-tokens", dest="max_tokens", type=int, help="tokens per generation step")
     p.add_argument("--calibration", help="name of a calibration file on the server")
-    p.add_argument("--prompt", help="grade-school (word problems, 'The answer is N'), math (\\boxed{} answers) or game24")
+    p.add_argument("--prompt", help="math (step by step, answer in \\boxed{}; the default) or game24")
     p.add_argument("--options", help="JSON object of further program options")
 
 

@@ -2,20 +2,36 @@
 bound to 127.0.0.1 on free ports, and stopped with proof that nothing it started outlives it."""
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import psutil
 import pytest
 
-from serving.launcher import MODELS_DIR, start_server
+from serving.launcher import MODEL_REPOSITORY, MODELS_DIR, start_server
 from tests.conftest import TEST_MODEL
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONTRACT_MODEL = Path(__file__).resolve().parent / "bls_contract" / "engine_contract"
+
+
+def _repository_with_contract_model(dest: Path) -> Path:
+    """The shipped model repository plus the test-only model that checks the BLS engine."""
+    shutil.copytree(MODEL_REPOSITORY, dest, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(CONTRACT_MODEL, dest / CONTRACT_MODEL.name, ignore=shutil.ignore_patterns("__pycache__"))
+    config = dest / CONTRACT_MODEL.name / "config.pbtxt"
+    config.write_text(config.read_text().replace('"repo_root", value: { string_value: "" }',
+                                                 f'"repo_root", value: {{ string_value: "{REPO_ROOT}" }}'))
+    return dest
 
 
 @pytest.fixture(scope="session")
-def server():
+def server(tmp_path_factory):
     if not (MODELS_DIR / TEST_MODEL).is_dir():
         pytest.fail(f"models/{TEST_MODEL} is missing: run `make setup` first")
-    # enforce_eager: vLLM-CPU's torch.compile warm-up costs ~50 s a start and its cache fails to
-    # load here; tests measure behaviour, not speed.
-    srv = start_server(policy_model=TEST_MODEL, engine_overrides={"enforce_eager": True})
+    # The project's defaults, as a user gets them: the engine settings follow this machine.
+    repository = _repository_with_contract_model(tmp_path_factory.mktemp("repo") / "model_repository")
+    srv = start_server(model_repository=repository, policy_model=TEST_MODEL)
     try:
         srv.wait_ready(timeout_s=600)
     except BaseException:

@@ -33,7 +33,8 @@ def test_builtin_programs_are_registered_and_build_with_defaults():
 def test_self_consistency_defaults_suit_a_small_model_on_grade_school_problems():
     program = create("self-consistency", Q, {})
     assert program.budget == 16 and program.round_size == 4 and program.first_round == 4
-    assert program.sampling.max_tokens == 384 and program.sampling.temperature == 0.7
+    assert program.sampling.max_tokens == 640 and program.sampling.temperature == 0.5
+    assert program.sampling.top_k == 50 and program.sampling.top_p == 1.0 and program.prompt == "math"
     assert program.policy == ThresholdPolicy(settle=0.8, detect_step=4)
     assert registry.defaults("self-consistency")["budget"] == 16
 
