@@ -35,10 +35,10 @@ class SetPlan:
 
 PLANS = {
     "gsm8k": SetPlan("math", 640, 200),
-    "grade-school": SetPlan("math", 640, 60),
-    "math500": SetPlan("math", 1024, 40),
-    "aime24": SetPlan("math", 1024, 30),
-    "game24": SetPlan("game24", 384, 40),
+    "grade-school": SetPlan("math", 640, 48),
+    "math500": SetPlan("math", 1024, 30),
+    "aime24": SetPlan("math", 768, 30),
+    "game24": SetPlan("game24", 384, 30),
 }
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
-import numpy as np
 import pytest
 
+from engines.grpc_stream import StreamCall
 from engines.triton_grpc import GrpcPolicyEngine
 from tests.engine_contract import check_engine
 
@@ -23,10 +23,6 @@ def test_the_grpc_engine_keeps_the_engine_contract(server):
 
 
 def test_the_bls_engine_keeps_the_engine_contract(server):
-    from tritonclient.grpc import InferenceServerClient, InferInput
-
-    client = InferenceServerClient(server.grpc_url)
-    tag = InferInput("tag", [1], "BYTES")
-    tag.set_data_from_numpy(np.array([b"bls"], dtype=np.object_))
-    result = client.infer("engine_contract", [tag], client_timeout=300).as_numpy("result")[0].decode()
+    responses = StreamCall(server.grpc_url, "engine_contract", {"tag": "bls"}, timeout_s=90).collect()
+    result = responses[-1].outputs["result"].reshape(-1)[0].decode()
     assert result == "ok", result
