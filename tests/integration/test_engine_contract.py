@@ -23,6 +23,6 @@ def test_the_grpc_engine_keeps_the_engine_contract(server):
 
 
 def test_the_bls_engine_keeps_the_engine_contract(server):
-    responses = StreamCall(server.grpc_url, "engine_contract", {"tag": "bls"}, timeout_s=90).collect()
+    responses = StreamCall(server.grpc_url, "engine_contract", {"tag": "bls"}, timeout_s=300).collect()
     result = responses[-1].outputs["result"].reshape(-1)[0].decode()
     assert result == "ok", result

@@ -71,6 +71,7 @@ class TritonPythonModel:
 
         self._metrics = Metrics(args["model_name"], _METRICS)
         self._in_flight: dict[str, asyncio.Task] = {}
+        self._aborted_by_id: dict[str, bool] = {}
         self._engine = None
         self._engine_ready = threading.Event()
         self._restart = None
@@ -200,7 +201,12 @@ class TritonPythonModel:
         except asyncio.CancelledError:
             await engine.abort(request_id)
             self._metrics.count("dynasor_engine_requests_total", {"outcome": "aborted"})
-            send_error(sender, "request was cancelled", pb_utils.TritonError.CANCELLED)
+            if self._aborted_by_id.pop(request_id, False):
+                # A BLS caller's stream ends only on a plain final response: an error response
+                # with the final flag never reaches its response iterator in Triton 2.51.
+                sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            else:
+                send_error(sender, "request was cancelled", pb_utils.TritonError.CANCELLED)
         except EngineDeadError as e:
             self._engine_died(engine)
             self._metrics.count("dynasor_engine_requests_total", {"outcome": "engine_dead"})
@@ -226,6 +232,7 @@ class TritonPythonModel:
     async def _abort_many(self, request_ids: list[str], sender) -> None:
         found = [rid for rid in request_ids if rid in self._in_flight]
         for rid in found:
+            self._aborted_by_id[rid] = True
             self._in_flight[rid].cancel()
         reasons = ["aborted" if rid in found else "unknown" for rid in request_ids]
         sender.send(

@@ -34,16 +34,8 @@ class TritonPythonModel:
         from tests.engine_contract import check_engine
 
         engine = BlsEngine()
-        log = pb_utils.Logger
         try:
-            log.log_info("[engine_contract] DEBUG start")
-            from tests.engine_contract import check_generate, check_abort, check_score
-            asyncio.run(check_generate(engine, tag))
-            log.log_info("[engine_contract] DEBUG generate ok")
-            asyncio.run(check_abort(engine, tag))
-            log.log_info("[engine_contract] DEBUG abort ok")
-            asyncio.run(check_score(engine))
-            log.log_info("[engine_contract] DEBUG score ok")
+            asyncio.run(check_engine(engine, tag))
             result = "ok"
         except BaseException:
             result = traceback.format_exc()
