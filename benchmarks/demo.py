@@ -1,5 +1,5 @@
 """`make demo`: start the server on the model that can reason, run self-consistency programs on a
-mix of easy and hard grade-school questions at once through the `dynasor` model, and show what
+mix of easy and hard GSM8K questions at once through the `dynasor` model, and show what
 Dynasor does with them: from the first seconds, tokens generated per program and answers as rounds
 finish; at the end, easy questions settled after a few samples while split ones spent more.
 """
@@ -15,16 +15,17 @@ from client.dynasor_client import DynasorClient, ProgramError, Progress
 from scheduler_backend.datasets import Problem, is_correct, load
 from serving.launcher import start_server
 
-# Two one-step grade-school problems (the model agrees with itself at once), one of four steps, and
-# GSM8K test questions on which its samples split: the table shows certaindex telling them apart.
-GRADE_SCHOOL_IDS = (0, 1, 3)
-GSM8K_IDS = (1, 6, 7)
+# GSM8K test questions picked from `make bench-accuracy` (8 samples each): on the first three the
+# model's samples mostly agreed (6-7 of 8 alike), on the last three they split (3-4 of 8 alike).
+# Certaindex tells them apart while the programs run: the first settle after one round, the
+# others spend more samples.
+AGREED = (1, 22, 48)
+SPLIT = (3, 6, 10)
 
 
 def demo_problems(count: int) -> list[Problem]:
-    easy = [load("grade-school")[i] for i in GRADE_SCHOOL_IDS]
-    hard = [load("gsm8k", limit=max(GSM8K_IDS) + 1)[i] for i in GSM8K_IDS]
-    mixed = [p for pair in zip(easy, hard) for p in pair]
+    gsm8k = load("gsm8k", limit=max(AGREED + SPLIT) + 1)
+    mixed = [gsm8k[i] for pair in zip(AGREED, SPLIT) for i in pair]
     return mixed[:count]
 
 
