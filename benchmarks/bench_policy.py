@@ -3,8 +3,8 @@
 
 Each concurrency level sends C prompts at once (one sample each, fixed length: ignore_eos), so every
 path decodes the same number of tokens; ratios measured in one run are what matter on a noisy host.
-The direct engine runs with the settings `policy` picks for this machine, then with each choice
-undone (the other dtype, vLLM's default core reservation, torch.compile instead of eager), so the
+`policy` runs with the project's defaults, then with torch.compile; the direct engine runs with
+the settings `policy` picks for this machine, then with each choice undone (the other dtype, vLLM's default core reservation, torch.compile instead of eager), so the
 table shows what each choice is worth here. One engine lives at a time (the machine has 2 cores).
 """
 from __future__ import annotations
@@ -34,11 +34,13 @@ def prompts(count: int) -> list[str]:
     return [f"Write a short story number {i} about {TOPICS[i % len(TOPICS)]}." for i in range(count)]
 
 
-def triton_run(model: str, levels: list[int], max_tokens: int) -> tuple[dict[int, float], float]:
-    """`policy` with the project's defaults (nothing overridden but the model); tokens/s per level
-    and seconds from launch to ready."""
+def triton_run(model: str, levels: list[int], max_tokens: int,
+               overrides: dict[str, Any] | None = None) -> tuple[dict[int, float], float]:
+    """`policy` with the project's defaults (or `overrides` over them); tokens/s per level and
+    seconds from launch to ready."""
     t0 = time.perf_counter()
-    srv = start_server(policy_model=model, extra_args=["--model-control-mode=explicit", "--load-model=policy"])
+    srv = start_server(policy_model=model, extra_args=["--model-control-mode=explicit", "--load-model=policy"],
+                       engine_overrides=overrides)
     try:
         print(f"policy engine settings: {srv.engine_settings}", flush=True)
         srv.wait_ready(600)
@@ -128,10 +130,12 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         tri, tri_start = triton_run(model, args.levels, args.max_tokens)
         rows.append(("policy through Triton (project defaults)", tri, tri_start))
+        tri, tri_start = triton_run(model, args.levels, args.max_tokens, {"enforce_eager": False})
+        rows.append(("policy through Triton, torch.compile", tri, tri_start))
         for config in tqdm(direct_configs(model), desc=f"{model}: direct vLLM configurations", unit="config"):
             tok_s, start_s = direct_run(config, args.levels, args.max_tokens)
             rows.append((f"vLLM direct, {config.name}", tok_s, start_s))
-        fastest = {c: max(r[1][c] for r in rows[1:]) for c in args.levels}
+        fastest = {c: max(r[1][c] for r in rows[2:]) for c in args.levels}
         print(f"\n{model}, {args.max_tokens} tokens per request; ratio = tokens/s over the fastest direct vLLM "
               f"configuration at the same concurrency; {cpu_model()}")
         print(f"{'configuration':<44}{'start s':>8}" + "".join(f"{f'tok/s @{c}':>12}{'ratio':>7}" for c in args.levels))
