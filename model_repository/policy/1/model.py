@@ -203,7 +203,7 @@ class TritonPythonModel:
             self._metrics.count("dynasor_engine_requests_total", {"outcome": "aborted"})
             if self._aborted_by_id.pop(request_id, False):
                 # A BLS caller's stream ends only on a plain final response: an error response
-                # with the final flag never reaches its response iterator in Triton 2.51.
+                # with the final flag never reaches its response iterator (docs/PLATFORM.md pitfall 18).
                 sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
             else:
                 send_error(sender, "request was cancelled", pb_utils.TritonError.CANCELLED)
