@@ -181,6 +181,7 @@ class TritonPythonModel:
         finally:
             watcher.cancel()
             self._in_flight.pop(request_id, None)
+            self._aborted_by_id.pop(request_id, None)
 
     async def _generate(self, engine, parsed, request_id: str, sender) -> None:
         from vllm.v1.engine.exceptions import EngineDeadError
