@@ -34,25 +34,20 @@ class Problem:
     numbers: tuple[int, ...] = ()  # Game of 24: the four numbers an answer must use
 
 
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def _gsm8k(split: str) -> list[Problem]:
-    rows = _jsonl(DATA_DIR / "gsm8k" / f"{split}.jsonl")
-    return [Problem("gsm8k", f"{split}/{i}", r["question"], (extract_answer(r["answer"], "gsm8k") or "").replace(",", ""))
+    rows = load_records(DATA_DIR / "gsm8k" / f"{split}.jsonl")
+    return [Problem("gsm8k", f"{split}/{i}", r["question"], (gold_answer(r) or "").replace(",", ""))
             for i, r in enumerate(rows)]
 
 
 def _math500(split: str) -> list[Problem]:
     return [Problem("math500", r["unique_id"], r["problem"], r["answer"], r["level"])
-            for r in _jsonl(DATA_DIR / "math500" / "test.jsonl")]
+            for r in load_records(DATA_DIR / "math500" / "test.jsonl")]
 
 
 def _aime24(split: str) -> list[Problem]:
     return [Problem("aime24", str(r["id"]), r["problem"], str(int(r["answer"])))
-            for r in _jsonl(DATA_DIR / "aime24" / "test.jsonl")]
+            for r in load_records(DATA_DIR / "aime24" / "test.jsonl")]
 
 
 def game24_question(numbers: str) -> str:

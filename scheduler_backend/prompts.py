@@ -10,6 +10,7 @@ training puzzles, since "make 24" has no answer format the model already knows.
 """
 from __future__ import annotations
 
+from scheduler_backend.datasets import game24_question
 from scheduler_backend.engine import ChatMessage
 
 PROMPTS: tuple[str, ...] = ("math", "game24")
@@ -32,8 +33,6 @@ def solve_messages(question: str, prompt: str = "math", partial: str = "") -> tu
     if prompt == "math":
         messages: tuple[ChatMessage, ...] = (ChatMessage("system", _MATH_SYSTEM), ChatMessage("user", question))
     elif prompt == "game24":
-        from scheduler_backend.datasets import game24_question
-
         messages = (ChatMessage("system", _GAME24_SYSTEM),)
         for numbers, a in _GAME24_SHOTS:
             messages += (ChatMessage("user", game24_question(numbers)), ChatMessage("assistant", a))
