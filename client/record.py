@@ -1,5 +1,6 @@
 """`dynasor record DATA.jsonl -o traces.jsonl`: run programs to their cap on the direct vLLM
-engine, with the `policy` and `reward` models' own settings, and write their certaindex traces."""
+engine, with the `policy` and `reward` models' own settings, and append their traces
+(scheduler_backend/traces.py). Run it again with the same output to resume where it stopped."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +8,6 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from scheduler_backend.datasets import gold_answer, load_records
 from scheduler_backend.traces import record
@@ -15,27 +15,28 @@ from serving.model_config import judge_settings, policy_engine_args
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse the command line, record the traces, write them as JSONL."""
+    """Parse the command line, record the traces, append them as JSONL."""
     from engines.vllm_direct import VllmEngine
 
     ap = argparse.ArgumentParser(prog="dynasor record", description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("data", help="JSONL with 'question' (or 'problem') and optionally 'answer'")
-    ap.add_argument("-o", "--output", required=True)
+    ap.add_argument("-o", "--output", required=True, help="JSONL of traces; existing ids in it are skipped")
     ap.add_argument("--model", default="qwen2.5-coder-0.5b", help="NAME under models/ or a folder")
-    ap.add_argument("--program", default="self-consistency")
-    ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--program", default="self-consistency", help="self-consistency, mcts, rebase, cot-probe")
+    ap.add_argument("--limit", type=int, default=None, help="first N records only")
+    ap.add_argument("--concurrency", type=int, default=8, help="programs run at once")
     ap.add_argument("--options", default="{}", help="JSON program options (budget, round_size, max_tokens, ...)")
     args = ap.parse_args(argv)
-    records = [{"question": r.get("question") or r.get("problem"), "gold": gold_answer(r)} for r in load_records(args.data, args.limit)]
+    stem = Path(args.data).stem if Path(args.data).parent.name in ("", ".") else f"{Path(args.data).parent.name}-{Path(args.data).stem}"
+    records = [{"id": f"{stem}-{i}", "question": r.get("question") or r.get("problem"), "gold": gold_answer(r)}
+               for i, r in enumerate(load_records(args.data, args.limit))]
 
-    async def go() -> list[dict[str, Any]]:
+    async def go() -> int:
         async with VllmEngine(policy_engine_args(args.model), judge_settings()) as engine:
-            return await record(engine, args.program, records, json.loads(args.options), args.concurrency)
+            return await record(engine, args.program, records, json.loads(args.options), args.output, args.concurrency)
 
-    traces = asyncio.run(go())
-    Path(args.output).write_text("".join(json.dumps(t) + "\n" for t in traces))
-    print(f"wrote {len(traces)} traces to {args.output}")
+    written = asyncio.run(go())
+    print(f"wrote {written} traces to {args.output} ({len(records) - written} were there already)")
     return 0
 
 

@@ -27,6 +27,7 @@ from scheduler_backend.program import (
 from scheduler_backend.scheduler import Scheduler
 
 ProgressCallback = Callable[[ProgramState], "Awaitable[None] | None"]
+ResultCallback = Callable[[StepResult], None]
 
 
 @dataclass
@@ -82,9 +83,10 @@ class ProgramRunner:
                 self._live[pid].admitted.set()
 
     async def run(self, pid: str, program: ReasoningProgram, deadline_s: float | None = None,
-                  on_progress: ProgressCallback | None = None) -> ProgramState:
+                  on_progress: ProgressCallback | None = None, on_result: ResultCallback | None = None) -> ProgramState:
         """Run `program` to its stop; `deadline_s` is relative to now. Returns the final state,
-        whose `extra` carries latency_s, queued_s and, on ERROR, the error message."""
+        whose `extra` carries latency_s, queued_s and, on ERROR, the error message. `on_result`
+        sees every step result after the program took it (trace recording)."""
         if pid in self._live:
             raise ValueError(f"program id {pid!r} is already running")
         start = self.clock()
@@ -99,7 +101,7 @@ class ProgramRunner:
             self._reschedule()
             if await self._wait_admitted(live, deadline):
                 queued_s = self.clock() - start
-                error = await self._drive(pid, live, deadline, tasks, on_progress)
+                error = await self._drive(pid, live, deadline, tasks, on_progress, on_result)
         finally:
             for task in tasks:
                 task.cancel()
@@ -131,7 +133,7 @@ class ProgramRunner:
         return None if deadline is None else max(deadline - self.clock(), 0.0)
 
     async def _drive(self, pid: str, live: _Live, deadline: float | None, tasks: dict[asyncio.Task[StepResult], Step],
-                     on_progress: ProgressCallback | None) -> str:
+                     on_progress: ProgressCallback | None, on_result: ResultCallback | None) -> str:
         """The program's loop; returns an error message, or "" when it stopped normally."""
         program = live.program
         cancel_wait = asyncio.ensure_future(live.cancelled.wait())
@@ -161,6 +163,8 @@ class ProgramRunner:
                         result = task.result()
                         live.tokens_in_flight -= result.num_tokens
                         await asyncio.get_running_loop().run_in_executor(self._results, program.on_result, result)
+                        if on_result is not None:
+                            on_result(result)
                     except EngineError as e:
                         program.stop(StopReason.ERROR)
                         return str(e)
