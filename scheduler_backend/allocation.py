@@ -1,43 +1,111 @@
 """Intra-program allocation: how much compute one program gets, decided from its certaindex.
 
-A program asks its policy after every step result whether to go on (`verdict`) and how many knob
-units it still expects to spend (`predicted_remaining`, the scheduler's job size). Policies are
-pure functions of (certaindex, steps, budget), so the server, a trace replay and `calibrate` all
-judge a program alike, and they round-trip through a small JSON form the server loads at start.
+A policy (frozen, with a JSON form the server loads; the same object in `dynasor replay` and
+`dynasor calibrate`) starts one `Allocation` per program. The program reports to it after every step
+result (`verdict`: stop now, and why, or go on) and asks it how many knob units it still expects to
+spend (`predicted_remaining`, the scheduler's job size). An allocation is per program because some
+policies remember: the curve sets a program's budget once, at the detection step, and holds it to
+that budget whatever certaindex does later.
+
+Each policy's stopping rule is written once, over arrays of consults (`decide`): a replay judges
+thousands of recorded programs in one call, and a live program is judged by the same lines on its
+own history. The policies are the Dynasor paper's allocation strategies:
+
+  uniform    a fixed budget, never stops early (what users run without Dynasor)
+  threshold  stop when certaindex >= settle, checked at the detection step and then at every
+             consult (check_every=1), at most once per check_every knob units, or never again
+             (check_every=None)
+  curve      at the detection step the fitted curve turns certaindex into the program's total
+             budget, which is then enforced; dynamic=True re-reads it from the current certaindex
+             at every consult
+
+Threshold and curve can also cut a hopeless program: certaindex still <= hopeless at hopeless_step
+or later.
 """
 from __future__ import annotations
 
+import abc
+import dataclasses
 import json
-import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, cast
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.optimize import OptimizeWarning, curve_fit
+
+from scheduler_backend.budget_curve import Curve
+
+Floats = NDArray[np.float64]
+Ints = NDArray[np.int64]
+Codes = NDArray[np.int8]
 
 
 class Verdict(str, Enum):
-    """What a policy says after a step; SETTLED and HOPELESS share StopReason's values."""
+    """What a policy says after a consult; SETTLED and HOPELESS share StopReason's values."""
 
     CONTINUE = "continue"
     SETTLED = "settled"
     HOPELESS = "hopeless"
 
 
-@runtime_checkable
-class AllocationPolicy(Protocol):
-    def verdict(self, certaindex: float, steps: int, budget: int) -> Verdict:
-        """Stop now (and why) or continue, given the certaindex after `steps` knob units."""
-        ...
+VERDICTS: tuple[Verdict, ...] = (Verdict.CONTINUE, Verdict.SETTLED, Verdict.HOPELESS)  # decide()'s codes
 
-    def predicted_remaining(self, certaindex: float, steps: int, budget: int) -> float:
-        """Knob units the program is still expected to spend, in [0, budget - steps]."""
-        ...
+
+class AllocationPolicy(abc.ABC):
+    """A kind of allocation with its settings: judges every program it starts alike."""
+
+    kind: ClassVar[str]
+
+    def start(self, budget: int) -> Allocation:
+        """A fresh allocation for one program of `budget` knob units."""
+        return Allocation(self, budget)
+
+    @abc.abstractmethod
+    def decide(self, certaindex: Floats, steps: Ints, budget: Ints) -> Codes:
+        """Verdict codes (indices into VERDICTS) of shape (programs, consults) for programs whose
+        consults saw `certaindex` after `steps` knob units (each row nondecreasing), under budgets
+        of shape (programs,). Column t depends on columns <= t only, because a live program is
+        judged before its later consults exist; a replay stops each row at its first nonzero code."""
+
+    @abc.abstractmethod
+    def expected(self, allocation: Allocation, certaindex: float, steps: int) -> float:
+        """Knob units the program is still expected to spend, before clipping to what is left."""
+
+
+class Allocation:
+    """One program's allocation: its policy, its budget and the consults it has had."""
+
+    def __init__(self, policy: AllocationPolicy, budget: int):
+        if budget < 1:
+            raise ValueError(f"budget: must be >= 1, got {budget}")
+        self.policy = policy
+        self.budget = budget
+        self.certaindex: list[float] = []
+        self.steps: list[int] = []
+        self.last = Verdict.CONTINUE
+
+    def verdict(self, certaindex: float, steps: int) -> Verdict:
+        """Take a consult (the program's certaindex after `steps` knob units) and say whether to stop."""
+        self.certaindex.append(float(certaindex))
+        self.steps.append(int(steps))
+        codes = self.policy.decide(np.array([self.certaindex], dtype=np.float64), np.array([self.steps], dtype=np.int64),
+                                   np.array([self.budget], dtype=np.int64))
+        self.last = VERDICTS[int(codes[0, -1])]
+        return self.last
+
+    def first_at(self, step: int) -> tuple[int, float] | None:
+        """(steps, certaindex) of the first consult at or past `step`; None while there is none."""
+        return next(((s, c) for s, c in zip(self.steps, self.certaindex) if s >= step), None)
+
+    def predicted_remaining(self, certaindex: float, steps: int) -> float:
+        """Knob units still expected, in [0, budget - steps]: the scheduler's job size."""
+        if self.last is not Verdict.CONTINUE:
+            return 0.0
+        left = float(max(self.budget - steps, 0))
+        return min(left, max(0.0, self.policy.expected(self, certaindex, steps)))
 
 
 def _check_unit(name: str, value: Any, *, optional: bool = False) -> None:
@@ -51,172 +119,221 @@ def _check_step(name: str, value: Any, *, optional: bool = False, minimum: int =
     if value is None and optional:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}: must be an integer >= {minimum}, got {value!r}")
+        raise ValueError(f"{name}: must be an integer >= {minimum}{' or null' if optional else ''}, got {value!r}")
 
 
-def _check_hopeless(hopeless: float | None, hopeless_step: int | None, detect_step: int) -> None:
-    _check_unit("hopeless", hopeless, optional=True)
-    _check_step("hopeless_step", hopeless_step, optional=True, minimum=detect_step)
-    if hopeless is None and hopeless_step is not None:
+def _check_hopeless(policy: ThresholdPolicy | CurvePolicy) -> None:
+    """Shared checks of the hopeless cut; hopeless_step defaults to twice the detection step."""
+    _check_unit("hopeless", policy.hopeless, optional=True)
+    _check_step("hopeless_step", policy.hopeless_step, optional=True, minimum=policy.detect_step)
+    if policy.hopeless is None and policy.hopeless_step is not None:
         raise ValueError("hopeless_step: set without hopeless, so it would never apply")
+    if policy.hopeless is not None and policy.hopeless_step is None:
+        object.__setattr__(policy, "hopeless_step", 2 * policy.detect_step)
+
+
+def _previous(values: Ints, fill: int) -> Ints:
+    """Each consult's previous column (`fill` before the first)."""
+    out: Ints = np.concatenate([np.full((values.shape[0], 1), fill, dtype=values.dtype), values[:, :-1]], axis=1)
+    return out
+
+
+def _codes(settled: NDArray[np.bool_], certaindex: Floats, steps: Ints, hopeless: float | None,
+           hopeless_step: int | None) -> Codes:
+    """SETTLED where settled, else HOPELESS where the cut applies, else CONTINUE."""
+    cut = np.zeros_like(settled)
+    if hopeless is not None and hopeless_step is not None:
+        cut = (steps >= hopeless_step) & (certaindex <= hopeless)
+    codes: Codes = np.where(settled, 1, np.where(cut, 2, 0)).astype(np.int8)
+    return codes
+
+
+def _whole(units: Floats) -> Floats:
+    """Knob units rounded to whole ones (halves up)."""
+    out: Floats = np.floor(units + 0.5)
+    return out
 
 
 @dataclass(frozen=True)
-class ThresholdPolicy:
-    """Stop when the certaindex at/after `detect_step` reaches `settle` (the paper's threshold
-    allocation); cut a program whose certaindex is still <= `hopeless` at `hopeless_step`.
+class UniformPolicy(AllocationPolicy):
+    """A fixed budget: every program runs to its cap, whatever its certaindex."""
 
-    `extra_fraction` is the prior for the scheduler before detection: the expected share of the
-    budget after `detect_step` that a program still spends (1.0 = every program runs to the cap;
-    `calibrate` measures it on traces).
+    kind: ClassVar[str] = "uniform"
+
+    def decide(self, certaindex: Floats, steps: Ints, budget: Ints) -> Codes:
+        return np.zeros(np.shape(certaindex), dtype=np.int8)
+
+    def expected(self, allocation: Allocation, certaindex: float, steps: int) -> float:
+        return float(allocation.budget - steps)
+
+
+@dataclass(frozen=True)
+class ThresholdPolicy(AllocationPolicy):
+    """Stop when certaindex reaches `settle` at a check: the detection step, then every consult
+    (`check_every`=1), the first consult in each new stretch of `check_every` knob units, or none
+    (None: decided once, at detection).
+
+    The scheduler's job size: before detection `extra_fraction` of the budget after detection (the
+    share programs spent there in calibration; 1.0 = to the cap); after it, `predictor` (a curve
+    calibrated on what programs still spent at each certaindex) or, uncalibrated, the budget left
+    shrunk in proportion to how close certaindex is to `settle`.
     """
 
+    kind: ClassVar[str] = "threshold"
     settle: float = 0.8
     detect_step: int = 4
     hopeless: float | None = None
     hopeless_step: int | None = None
     extra_fraction: float = 1.0
+    check_every: int | None = 1
+    predictor: Curve | None = None
 
     def __post_init__(self) -> None:
         _check_unit("settle", self.settle)
         _check_step("detect_step", self.detect_step)
-        _check_hopeless(self.hopeless, self.hopeless_step, self.detect_step)
+        _check_step("check_every", self.check_every, optional=True)
+        _check_hopeless(self)
         if self.hopeless is not None and self.hopeless >= self.settle:
             raise ValueError(f"hopeless: must be below settle ({self.settle}), got {self.hopeless}")
         _check_unit("extra_fraction", self.extra_fraction)
-        if self.hopeless is not None and self.hopeless_step is None:
-            object.__setattr__(self, "hopeless_step", 2 * self.detect_step)
+        if self.predictor is not None and not isinstance(self.predictor, Curve):
+            raise ValueError(f"predictor: must be a curve {{\"a\", \"b\"}} or null, got {self.predictor!r}")
 
-    def verdict(self, certaindex: float, steps: int, budget: int) -> Verdict:
-        return _verdict(self, certaindex >= self.settle, certaindex, steps)
+    def decide(self, certaindex: Floats, steps: Ints, budget: Ints) -> Codes:
+        detected = steps >= self.detect_step
+        if self.check_every is None:
+            checked = detected & ~_previous(detected.astype(np.int64), 0).astype(bool)
+        elif self.check_every == 1:
+            checked = detected
+        else:
+            stretch = (steps - self.detect_step) // self.check_every  # negative before detection
+            checked = detected & (stretch > _previous(stretch, -1))
+        return _codes(checked & (certaindex >= self.settle), certaindex, steps, self.hopeless, self.hopeless_step)
 
-    def predicted_remaining(self, certaindex: float, steps: int, budget: int) -> float:
-        left = float(max(budget - steps, 0))
-        if self.verdict(certaindex, steps, budget) is not Verdict.CONTINUE:
-            return 0.0
-        if steps >= self.detect_step:
-            return left
-        detect = min(self.detect_step, budget)
-        return max(0.0, min(left, (detect - steps) + self.extra_fraction * (budget - detect)))
-
-
-def _exp_curve(c: NDArray[np.float64] | np.float64, a: float, b: float) -> NDArray[np.float64]:
-    curve: NDArray[np.float64] = a * np.exp(-b * c)
-    return curve
+    def expected(self, allocation: Allocation, certaindex: float, steps: int) -> float:
+        budget = allocation.budget
+        if steps < self.detect_step:
+            detect = min(self.detect_step, budget)
+            return (detect - steps) + self.extra_fraction * (budget - detect)
+        if self.check_every is None and allocation.first_at(self.detect_step) is not None:
+            return float(budget - steps)  # decided at detection to go on: it runs to the cap
+        if self.predictor is not None:
+            return self.predictor.at(certaindex)
+        return (budget - steps) * (1.0 - min(certaindex / self.settle, 1.0)) if self.settle > 0 else 0.0
 
 
 @dataclass(frozen=True)
-class CurvePolicy:
+class CurvePolicy(AllocationPolicy):
     """Give each program the compute its certaindex predicts (the paper's curve-fitting
-    allocation): remaining = a * exp(-b * certaindex), clipped to [0, budget - steps], re-read
-    after every step from detect_step on. SETTLED once less than one knob unit is predicted.
+    allocation): at the detection step the program's total budget becomes the steps spent there plus
+    a * exp(-b * certaindex), in whole knob units, at most the cap; it stops once it has spent that,
+    even if certaindex drops later. `dynamic` re-predicts that total from the current certaindex at
+    every consult (the detection step's steps stay the base).
     """
 
+    kind: ClassVar[str] = "curve"
     a: float
     b: float
     detect_step: int = 4
     hopeless: float | None = None
     hopeless_step: int | None = None
+    dynamic: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("a", "b"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{name}: must be a finite number, got {value!r}")
-        if self.a < 0:
-            raise ValueError(f"a: must be >= 0, got {self.a}")
+        Curve(self.a, self.b)
         _check_step("detect_step", self.detect_step)
-        _check_hopeless(self.hopeless, self.hopeless_step, self.detect_step)
-        if self.hopeless is not None and self.hopeless_step is None:
-            object.__setattr__(self, "hopeless_step", 2 * self.detect_step)
+        if not isinstance(self.dynamic, bool):
+            raise ValueError(f"dynamic: must be true or false, got {self.dynamic!r}")
+        _check_hopeless(self)
 
-    def curve(self, certaindex: float) -> float:
-        """Predicted remaining knob units before clipping to the budget."""
-        return float(_exp_curve(np.float64(certaindex), self.a, self.b))
+    @property
+    def curve(self) -> Curve:
+        """Knob units after the detection step, from certaindex."""
+        return Curve(self.a, self.b)
 
-    def verdict(self, certaindex: float, steps: int, budget: int) -> Verdict:
-        return _verdict(self, self.curve(certaindex) < 1.0, certaindex, steps)
+    def decide(self, certaindex: Floats, steps: Ints, budget: Ints) -> Codes:
+        detected = steps >= self.detect_step
+        rows, first = np.arange(steps.shape[0]), detected.argmax(axis=1)
+        base = steps[rows, first][:, None]
+        read = certaindex if self.dynamic else certaindex[rows, first][:, None]
+        cap = budget[:, None]
+        total = np.minimum(cap, base + _whole(self.curve(read)))
+        settled = detected & (steps >= total) & (total < cap)
+        return _codes(settled, certaindex, steps, self.hopeless, self.hopeless_step)
 
-    def predicted_remaining(self, certaindex: float, steps: int, budget: int) -> float:
-        left = float(max(budget - steps, 0))
-        if self.verdict(certaindex, steps, budget) is not Verdict.CONTINUE:
-            return 0.0
-        return min(left, max(self.detect_step - steps, 0) + self.curve(certaindex))
+    def expected(self, allocation: Allocation, certaindex: float, steps: int) -> float:
+        detection = allocation.first_at(self.detect_step)
+        if detection is None:
+            return max(self.detect_step - steps, 0) + self.curve.at(certaindex)
+        base, at_detection = detection
+        read = certaindex if self.dynamic else at_detection
+        return base + float(_whole(self.curve(read))) - steps
 
     @classmethod
-    def fit(
-        cls,
-        certaindex: Sequence[float],
-        remaining: Sequence[float],
-        *,
-        detect_step: int = 4,
-        hopeless: float | None = None,
-        hopeless_step: int | None = None,
-    ) -> CurvePolicy:
-        """Least-squares fit of a * exp(-b * c) to (certaindex at detection, knob units the program
-        still needed) pairs; b >= 0, since more certainty should never predict more work."""
-        c = np.asarray(certaindex, dtype=np.float64)
-        r = np.asarray(remaining, dtype=np.float64)
-        if c.shape != r.shape or c.ndim != 1:
-            raise ValueError(f"certaindex, remaining: need two equal-length 1-D sequences, got {c.shape} and {r.shape}")
-        if len(c) < 2:
-            raise ValueError(f"certaindex: need at least 2 points to fit a curve, got {len(c)}")
-        if not (np.isfinite(c).all() and np.isfinite(r).all()) or (r < 0).any():
-            raise ValueError("remaining: values must be finite and >= 0 (and certaindex finite)")
-        if not r.any():
-            return cls(a=0.0, b=0.0, detect_step=detect_step, hopeless=hopeless, hopeless_step=hopeless_step)
-        try:
-            with warnings.catch_warnings():  # the covariance is not used; its warning is noise
-                warnings.simplefilter("ignore", OptimizeWarning)
-                (a, b), _ = curve_fit(
-                    _exp_curve, c, r, p0=(float(r.max()) + 1.0, 1.0), bounds=([0.0, 0.0], [np.inf, 100.0])
-                )
-        except RuntimeError as exc:
-            raise ValueError(f"curve fit did not converge on {len(c)} points: {exc}") from exc
-        return cls(a=float(a), b=float(b), detect_step=detect_step, hopeless=hopeless, hopeless_step=hopeless_step)
+    def fit(cls, certaindex: Sequence[float] | Floats, remaining: Sequence[float] | Floats, *, detect_step: int = 4,
+            hopeless: float | None = None, hopeless_step: int | None = None, dynamic: bool = False) -> CurvePolicy:
+        """The curve fitted to (certaindex at detection, knob units programs still needed) pairs;
+        ValueError when it cannot be (see Curve.fit)."""
+        curve = Curve.fit(certaindex, remaining)
+        return cls(a=curve.a, b=curve.b, detect_step=detect_step, hopeless=hopeless, hopeless_step=hopeless_step,
+                   dynamic=dynamic)
 
 
-_KINDS: dict[str, type] = {"threshold": ThresholdPolicy, "curve": CurvePolicy}
-_KEYS = {
-    "threshold": ("settle", "detect_step", "hopeless", "hopeless_step", "extra_fraction"),
-    "curve": ("a", "b", "detect_step", "hopeless", "hopeless_step"),
-}
-_REQUIRED = {"threshold": (), "curve": ("a", "b")}
+_KINDS: dict[str, type[AllocationPolicy]] = {cls.kind: cls for cls in (UniformPolicy, ThresholdPolicy, CurvePolicy)}
+_REQUIRED = {"curve": ("a", "b")}
 
 
-def _verdict(policy: ThresholdPolicy | CurvePolicy, settled: bool, certaindex: float, steps: int) -> Verdict:
-    """The rule both policies share: nothing before the detection step, then settled, then hopeless."""
-    if steps < policy.detect_step:
-        return Verdict.CONTINUE
-    if settled:
-        return Verdict.SETTLED
-    if policy.hopeless is not None and policy.hopeless_step is not None and steps >= policy.hopeless_step and certaindex <= policy.hopeless:
-        return Verdict.HOPELESS
-    return Verdict.CONTINUE
+def _fields(cls: type[AllocationPolicy]) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cast(Any, cls)))
 
 
 def policy_to_dict(policy: AllocationPolicy) -> dict[str, Any]:
-    """The JSON form: {"kind": "threshold" | "curve", <the policy's fields>}."""
-    for kind, cls in _KINDS.items():
-        if isinstance(policy, cls):
-            return {"kind": kind, **{key: getattr(policy, key) for key in _KEYS[kind]}}
-    raise TypeError(f"policy: no JSON form for {type(policy).__name__}")
+    """The JSON form: {"kind": "uniform" | "threshold" | "curve", <the policy's fields>}; a
+    threshold's predictor is {"a", "b"} or null."""
+    if type(policy) not in _KINDS.values():
+        raise TypeError(f"policy: no JSON form for {type(policy).__name__}")
+    out: dict[str, Any] = {"kind": policy.kind}
+    for name in _fields(type(policy)):
+        value = getattr(policy, name)
+        out[name] = dataclasses.asdict(value) if isinstance(value, Curve) else value
+    return out
+
+
+def _predictor(value: Any) -> Curve | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError(f"predictor: expected an object {{\"a\", \"b\"}} or null, got {value!r}")
+    unknown = sorted(set(value) - {"a", "b"})
+    missing = [k for k in ("a", "b") if k not in value]
+    if unknown or missing:
+        raise ValueError(f"predictor.{(unknown or missing)[0]}: {'unknown field' if unknown else 'required'} (fields: a, b)")
+    try:
+        return Curve(value["a"], value["b"])
+    except ValueError as exc:
+        raise ValueError(f"predictor.{exc}") from None
 
 
 def policy_from_dict(d: dict[str, Any]) -> AllocationPolicy:
-    """Inverse of `policy_to_dict`; a ValueError names the offending field."""
+    """Inverse of `policy_to_dict`; a ValueError names the offending field. Fields left out take
+    their defaults, so files written before a field existed still load."""
     if not isinstance(d, dict):
         raise ValueError(f"policy: expected a JSON object, got {type(d).__name__}")
     kind = d.get("kind")
     if kind not in _KINDS:
         raise ValueError(f"kind: expected one of {sorted(_KINDS)}, got {kind!r}")
-    unknown = sorted(set(d) - {"kind", *_KEYS[kind]})
+    cls = _KINDS[kind]
+    known = _fields(cls)
+    unknown = sorted(set(d) - {"kind", *known})
     if unknown:
-        raise ValueError(f"{unknown[0]}: unknown field for a {kind} policy (known: {', '.join(_KEYS[kind])})")
-    missing = [key for key in _REQUIRED[kind] if key not in d]
+        raise ValueError(f"{unknown[0]}: unknown field for a {kind} policy (known: {', '.join(known) or 'none'})")
+    missing = [key for key in _REQUIRED.get(kind, ()) if key not in d]
     if missing:
         raise ValueError(f"{missing[0]}: required for a {kind} policy")
-    policy: AllocationPolicy = _KINDS[kind](**{key: d[key] for key in _KEYS[kind] if key in d})
+    values = {key: d[key] for key in known if key in d}
+    if "predictor" in values:
+        values["predictor"] = _predictor(values["predictor"])
+    policy: AllocationPolicy = cast(Any, cls)(**values)
     return policy
 
 
@@ -235,6 +352,8 @@ def load_policy(path: str | Path, which: str = "policy") -> AllocationPolicy:
         if which not in doc:
             raise ValueError(f"{path}: no \"kind\" field and no {which!r} entry: not a policy file")
         doc, where = doc[which], f"{path}: {which}"
+        if doc is None:
+            raise ValueError(f"{where}: not written (see the calibration's notes)")
     try:
         return policy_from_dict(doc)
     except ValueError as exc:

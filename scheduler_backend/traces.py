@@ -20,7 +20,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from scheduler_backend.allocation import Verdict
+from scheduler_backend.allocation import UniformPolicy
 from scheduler_backend.answers import answers_equal
 from scheduler_backend.program import ProgramState, StepResult
 from scheduler_backend.programs.base import PolicyProgram, sample_answer
@@ -29,16 +29,6 @@ from scheduler_backend.runner import ProgramRunner
 from scheduler_backend.scheduler import Scheduler
 
 TRACE_FORMAT = "dynasor-trace/2"
-
-
-class RunToCap:
-    """An allocation policy that never stops a program early: the trace sees every step."""
-
-    def verdict(self, certaindex: float, steps: int, budget: int) -> Verdict:
-        return Verdict.CONTINUE
-
-    def predicted_remaining(self, certaindex: float, steps: int, budget: int) -> float:
-        return float(max(budget - steps, 0))
 
 
 def is_right(answer: str | None, gold: str | None) -> bool | None:
@@ -90,7 +80,7 @@ async def record(engine: Any, program: str, records: Iterable[Mapping[str, Any]]
         prog = create(program, rec["question"], options)
         if not isinstance(prog, PolicyProgram):
             raise TypeError(f"{program}: only programs with an allocation policy can be recorded")
-        prog.policy = RunToCap()
+        prog.allocate(UniformPolicy())  # never stops early: the trace sees every step
         final = await runner.run(f"trace-{rec['id']}", prog, on_progress=lambda s: history.append(_history_entry(s, gold)),
                                  on_result=took)
         trace = {"format": TRACE_FORMAT, "id": rec["id"], "program": program, "question": rec["question"], "gold": gold,

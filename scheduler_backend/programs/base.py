@@ -1,4 +1,4 @@
-"""What the built-in programs share: an allocation policy consulted at detection points, the
+"""What the built-in programs share: an allocation consulted after every step result, the
 solve-step-by-step prompt, and how a reasoning step is told to end the solution."""
 from __future__ import annotations
 
@@ -21,8 +21,14 @@ class PolicyProgram(ReasoningProgram):
 
     def __init__(self, question: str, budget: int, policy: AllocationPolicy, prompt: str = "math"):
         super().__init__(question, budget)
-        self.policy = policy
         self.prompt = prompt
+        self.allocate(policy)
+
+    def allocate(self, policy: AllocationPolicy) -> None:
+        """Judge this program by `policy` from now on, with a fresh allocation (trace recording
+        swaps in a uniform one so that the trace sees every step)."""
+        self.policy = policy
+        self.allocation = policy.start(self.budget)
 
     def solve_messages(self, partial: str = "") -> tuple[ChatMessage, ...]:
         """The chat for this program's question in its prompt; a `partial` solution is continued."""
@@ -34,7 +40,7 @@ class PolicyProgram(ReasoningProgram):
         if natural_end:
             self._finish(StopReason.FINISHED)
             return
-        verdict = self.policy.verdict(self.certaindex(), self.steps_used(), self.budget)
+        verdict = self.allocation.verdict(self.certaindex(), self.steps_used())
         if verdict is Verdict.SETTLED:
             self._finish(StopReason.SETTLED)
         elif verdict is Verdict.HOPELESS:
@@ -45,7 +51,7 @@ class PolicyProgram(ReasoningProgram):
     def predicted_remaining(self) -> float:
         if self.done:
             return 0.0
-        return float(self.policy.predicted_remaining(self.certaindex(), self.steps_used(), self.budget))
+        return self.allocation.predicted_remaining(self.certaindex(), self.steps_used())
 
 
 def sampling_from(options: Mapping[str, Any]) -> SamplingSpec:
