@@ -13,7 +13,9 @@ One JSON object per line (TRACE_FORMAT):
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from tqdm import tqdm
 
 from scheduler_backend.allocation import UniformPolicy
 from scheduler_backend.answers import answers_equal
+from scheduler_backend.errors import RequestError
 from scheduler_backend.program import ProgramState, StepResult
 from scheduler_backend.programs.base import PolicyProgram, sample_answer
 from scheduler_backend.registry import create
@@ -29,6 +32,7 @@ from scheduler_backend.runner import ProgramRunner
 from scheduler_backend.scheduler import Scheduler
 
 TRACE_FORMAT = "dynasor-trace/2"
+SPLITS = ("fit", "eval")
 
 
 def is_right(answer: str | None, gold: str | None) -> bool | None:
@@ -43,8 +47,90 @@ def _history_entry(state: ProgramState, gold: str | None) -> dict[str, Any]:
             "tokens_used": state.tokens_used, "correct": is_right(state.answer, gold)}
 
 
+def split_of(trace_id: Any) -> str:
+    """"fit" or "eval" by a stable hash of the trace's id, so a calibration fits on one half of the
+    questions and is judged on the other, the same halves on every machine and in every run."""
+    return SPLITS[hashlib.sha256(str(trace_id).encode()).digest()[0] >> 7]
+
+
+def _is_int(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def check_trace(trace: Any, where: str) -> dict[str, Any]:
+    """A trace as the recorder writes it, or RequestError naming the first bad field."""
+    def bad(field: str, why: str) -> RequestError:
+        return RequestError(f"{where}: {field}: {why}")
+
+    if not isinstance(trace, dict):
+        raise bad("trace", f"expected a JSON object, got {type(trace).__name__}")
+    if not isinstance(trace.get("id"), (str, int)) or isinstance(trace.get("id"), bool):
+        raise bad("id", f"expected a string or an integer, got {trace.get('id')!r}")
+    for key, kinds in (("program", str), ("question", str), ("gold", (str, type(None))),
+                       ("correct", (bool, type(None)))):
+        if not isinstance(trace.get(key), kinds):
+            raise bad(key, f"missing or of the wrong type ({trace.get(key)!r})")
+    if not _is_int(trace.get("budget"), 1):
+        raise bad("budget", f"expected an integer >= 1, got {trace.get('budget')!r}")
+    history = trace.get("history")
+    if not isinstance(history, list) or not history:
+        raise bad("history", "expected a non-empty list")
+    previous = -1
+    for i, entry in enumerate(history):
+        field = f"history[{i}]"
+        if not isinstance(entry, dict):
+            raise bad(field, "expected a JSON object")
+        steps, cert = entry.get("steps"), entry.get("certaindex")
+        if not _is_int(steps, previous + 1):
+            raise bad(f"{field}.steps", f"expected an integer above the previous entry's {previous}, got {steps!r}")
+        if isinstance(cert, bool) or not isinstance(cert, (int, float)) or not math.isfinite(cert):
+            raise bad(f"{field}.certaindex", f"expected a finite number, got {cert!r}")
+        if not _is_int(entry.get("tokens_used"), 0):
+            raise bad(f"{field}.tokens_used", f"expected an integer >= 0, got {entry.get('tokens_used')!r}")
+        if not isinstance(entry.get("answer"), (str, type(None))):
+            raise bad(f"{field}.answer", f"expected a string or null, got {entry.get('answer')!r}")
+        if not isinstance(entry.get("correct"), (bool, type(None))):
+            raise bad(f"{field}.correct", f"expected true, false or null, got {entry.get('correct')!r}")
+        previous = steps
+    samples = trace.get("samples", [])
+    if not isinstance(samples, list):
+        raise bad("samples", "expected a list")
+    for i, sample in enumerate(samples):
+        field = f"samples[{i}]"
+        if not isinstance(sample, dict):
+            raise bad(field, "expected a JSON object")
+        if not isinstance(sample.get("answer"), (str, type(None))):
+            raise bad(f"{field}.answer", f"expected a string or null, got {sample.get('answer')!r}")
+        if not _is_int(sample.get("tokens"), 0):
+            raise bad(f"{field}.tokens", f"expected an integer >= 0, got {sample.get('tokens')!r}")
+        if not isinstance(sample.get("correct"), (bool, type(None))):
+            raise bad(f"{field}.correct", f"expected true, false or null, got {sample.get('correct')!r}")
+    return trace
+
+
+def load_traces(path: str | Path) -> list[dict[str, Any]]:
+    """The traces of a JSONL file, each checked (blank lines skipped), or RequestError naming the
+    file, line and field."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise RequestError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    traces = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            trace = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise RequestError(f"{path}:{number}: not valid JSON: {exc}") from exc
+        traces.append(check_trace(trace, f"{path}:{number}"))
+    return traces
+
+
 def read_traces(path: str | Path) -> list[dict[str, Any]]:
-    """The traces of a JSONL file (missing file: none)."""
+    """The traces of a JSONL file as they are, unchecked (missing file: none): where an
+    interrupted recording resumes."""
     path = Path(path)
     if not path.exists():
         return []
