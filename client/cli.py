@@ -1,5 +1,5 @@
 """`dynasor` command line: serve the model repository, ask one question, solve a batch, record
-traces and calibrate allocation from them, prepare models."""
+traces, replay allocation policies on them and calibrate allocation from them, prepare models."""
 from __future__ import annotations
 
 import argparse
@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     solve.add_argument("--output", default=None, help="write one JSON result per line here")
 
     sub.add_parser("calibrate", help="fit allocation thresholds/curves from recorded traces", add_help=False)
-    sub.add_parser("record", help="record certaindex traces on the direct vLLM engine (input of calibrate)", add_help=False)
+    sub.add_parser("replay", help="replay every allocation policy on recorded traces: token-to-accuracy curves", add_help=False)
+    sub.add_parser("record", help="record certaindex traces on the direct vLLM engine (input of calibrate and replay)", add_help=False)
     sub.add_parser("models", help="prepare the real models under models/", add_help=False)
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -147,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         from scheduler_backend.calibrate import main as calibrate
 
         return calibrate(argv[1:])
+    if argv and argv[0] == "replay":
+        from client.replay import main as replay
+
+        return replay(argv[1:])
     if argv and argv[0] == "record":
         from client.record import main as record
 
