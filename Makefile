@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test unit lint serve bench-policy bench-accuracy bench-dynasor bench-scheduling bench-scheduler clean
+.PHONY: setup demo test unit lint serve bench-policy bench-accuracy bench-dynasor bench-scheduling bench-scheduler bench-batch clean
 
 setup:
 	@bash scripts/setup.sh
@@ -38,6 +38,10 @@ bench-scheduling: setup
 
 bench-scheduler: setup
 	$(PY) -m benchmarks.bench_scheduler
+
+# Allocation policies replayed on the committed traces: docs/results/*.png and batch.md, no engine.
+bench-batch: setup
+	$(PY) -m benchmarks.bench_batch
 
 clean:
 	rm -rf .venv models

@@ -127,8 +127,10 @@ def fit_curve(table: Table, detect_step: int, hopeless: float | None = None, hop
     return CurvePolicy.fit(certaindex, needed, detect_step=detect_step, hopeless=hopeless, hopeless_step=hopeless_step)
 
 
-def calibrate_table(table: Table, max_accuracy_drop: float = 0.01, hopeless: bool = True) -> Calibration:
-    """Choose and fit every policy on `table` (the fit split)."""
+def calibrate_table(table: Table, max_accuracy_drop: float = 0.01, hopeless: bool = True,
+                    curve_detect_step: int | None = None) -> Calibration:
+    """Choose and fit every policy on `table` (the fit split); the curve is fitted at
+    `curve_detect_step`, by default the chosen threshold's detection step."""
     notes = []
     threshold, result = choose_threshold(table, max_accuracy_drop, hopeless)
     try:
@@ -136,10 +138,11 @@ def calibrate_table(table: Table, max_accuracy_drop: float = 0.01, hopeless: boo
     except ValueError as exc:
         notes.append(f"threshold predictor not fitted ({exc}): the scheduler sizes jobs by the settle distance")
     seen = detect_steps(table)
-    detect = threshold.detect_step if threshold.detect_step <= seen[-1] else seen[0]
+    detect = curve_detect_step or (threshold.detect_step if threshold.detect_step <= seen[-1] else seen[0])
+    cut = threshold.hopeless is not None and threshold.hopeless_step is not None and threshold.hopeless_step >= detect
     curve = None
     try:
-        curve = fit_curve(table, max(detect, 1), threshold.hopeless, threshold.hopeless_step)
+        curve = fit_curve(table, detect, threshold.hopeless if cut else None, threshold.hopeless_step if cut else None)
     except ValueError as exc:
         notes.append(f"curve not fitted ({exc}); the threshold policy is written without it")
     return Calibration(threshold, curve, tuple(notes))
@@ -151,13 +154,10 @@ def evaluate(table: Table, calibration: Calibration) -> list[dict[str, Any]]:
     if calibration.curve is not None:
         dynamic = replace(calibration.curve, dynamic=True)
         policies += [(describe(calibration.curve), calibration.curve), (describe(dynamic), dynamic)]
-    rows = []
-    for name, policy in policies:
-        tokens, accuracy = _total(table, replay(table, policy))
-        rows.append({"allocation": name, "tokens_per_question": tokens, "accuracy": accuracy})
-    for row in rows:
-        row["saved"] = 1.0 - row["tokens_per_question"] / rows[0]["tokens_per_question"] if rows[0]["tokens_per_question"] else 0.0
-    return rows
+    totals = [(name, *_total(table, replay(table, policy))) for name, policy in policies]
+    cap = totals[0][1]
+    return [{"allocation": name, "tokens_per_question": tokens, "accuracy": accuracy,
+             "saved": 1.0 - tokens / cap if cap else 0.0} for name, tokens, accuracy in totals]
 
 
 def describe(policy: AllocationPolicy) -> str:

@@ -91,7 +91,7 @@ def check_trace(trace: Any, where: str) -> dict[str, Any]:
             raise bad(f"{field}.answer", f"expected a string or null, got {entry.get('answer')!r}")
         if not isinstance(entry.get("correct"), (bool, type(None))):
             raise bad(f"{field}.correct", f"expected true, false or null, got {entry.get('correct')!r}")
-        previous = steps
+        previous = entry["steps"]
     samples = trace.get("samples", [])
     if not isinstance(samples, list):
         raise bad("samples", "expected a list")

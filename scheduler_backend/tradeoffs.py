@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from scheduler_backend.allocation import CurvePolicy, ThresholdPolicy
-from scheduler_backend.calibrate import Calibration, SPLIT_RULE, calibrate_table, describe, split
+from scheduler_backend.calibrate import SPLIT_RULE, Calibration, calibrate_table, describe, split
 from scheduler_backend.errors import RequestError
 from scheduler_backend.replay import ORDERINGS, Outcome, Table, build_table, by_length, oracle, per_ordering, replay, uniform
 
@@ -82,9 +82,9 @@ def sweeps(table: Table, calibration: Calibration) -> list[Sweep]:
         out.append(_sweep(table, f"threshold + hopeless<={cut.hopeless:g}@{cut.hopeless_step}", "settle",
                           [s for s in SETTLE_SWEEP if s > cut.hopeless],
                           lambda s: replay(table, ThresholdPolicy(settle=s, detect_step=detect, hopeless=cut.hopeless,
-                                                                  hopeless_step=cut.hopeless_step))))
+                                                                  hopeless_step=max(cut.hopeless_step or detect, detect)))))
     if calibration.curve is not None:
-        curve = replace(calibration.curve, detect_step=detect, hopeless=None, hopeless_step=None)
+        curve = replace(calibration.curve, hopeless=None, hopeless_step=None)
         for dynamic in (False, True):
             out.append(_sweep(table, "curve, dynamic" if dynamic else "curve", "scale", CURVE_SCALES,
                               _scaled(table, replace(curve, dynamic=dynamic))))
@@ -175,7 +175,8 @@ def analyse(traces: Sequence[dict[str, Any]], on: str = "eval", orderings: int =
     chosen = list(traces) if on == "all" else halves[on]
     if not chosen:
         raise RequestError(f"no traces in the {on} split ({SPLIT_RULE})")
-    calibration = calibrate_table(build_table(halves["fit"], orderings))
+    fit = build_table(halves["fit"], orderings)
+    calibration = calibrate_table(fit, curve_detect_step=fit.detect_step)  # the curves sweep at the recorded schedule
     table = build_table(chosen, orderings)
     all_sweeps = sweeps(table, calibration)
     target, rows = reach(all_sweeps)
