@@ -14,30 +14,40 @@ from pathlib import Path
 
 from client.replay import plot, report
 from scheduler_backend.calibrate import describe
+from scheduler_backend.registry import defaults
 from scheduler_backend.replay import ORDERINGS
 from scheduler_backend.traces import load_traces
-from scheduler_backend.tradeoffs import Analysis, analyse, format_reach
+from scheduler_backend.tradeoffs import NEAR, Analysis, Reach, analyse, format_reach
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADLINE = ("gsm8k", "self-consistency")  # (trace file prefix, program) of the printed headline
+# Traces keep every sample, so self-consistency replays in the rounds a server runs by default,
+# whatever rounds the recording used.
+SERVER_ROUND = int(defaults("self-consistency")["round_size"])
 
 
 def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _tokens(r: Reach) -> str:
+    return "never" if r.tokens is None else f"{r.tokens:,.0f}"
+
+
 def markdown(name: str, analysis: Analysis, image: str) -> str:
     """One trace file's section of batch.md."""
     c = analysis.calibration
     fitted = [describe(c.threshold)] + ([describe(c.curve)] if c.curve is not None else [])
-    lines = [f"### {name}: {analysis.program}, {analysis.split} split ({analysis.questions} questions x {analysis.orderings} orderings)",
+    rounds = f", first round {analysis.detect_step} then rounds of {analysis.round_size}" if analysis.round_size else ""
+    lines = [f"### {name}: {analysis.program}, {analysis.split} split ({analysis.questions} questions x {analysis.orderings} orderings{rounds})",
              "", f"![{name}]({image})", "", "Fitted on the fit split: " + "; ".join(f"`{f}`" for f in fitted) + ".", ""]
     lines += [f"Note: {note}" for note in c.notes] + ([""] if c.notes else [])
-    lines += [f"| policy | tokens per question at accuracy {analysis.target:.3f} | x uniform | x oracle | best accuracy |",
-              "|---|---:|---:|---:|---:|"]
-    for r in analysis.reach:
-        tokens = "never" if r.tokens is None else f"{r.tokens:,.0f}"
-        lines.append(f"| {r.name} | {tokens} | {_ratio(r.vs_uniform)} | {_ratio(r.vs_oracle)} | {r.best_accuracy:.3f} |")
+    lines += [f"| policy | tokens per question at accuracy {analysis.target:.3f} (uniform's best) | x uniform | x oracle "
+              f"| tokens at {analysis.target - NEAR:.3f} | x uniform | x oracle | best accuracy |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r, n in zip(analysis.reach, analysis.near):
+        lines.append(f"| {r.name} | {_tokens(r)} | {_ratio(r.vs_uniform)} | {_ratio(r.vs_oracle)} "
+                     f"| {_tokens(n)} | {_ratio(n.vs_uniform)} | {_ratio(n.vs_oracle)} | {r.best_accuracy:.3f} |")
     return "\n".join(lines)
 
 
@@ -46,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--traces", default=str(ROOT / "data" / "traces"), help="folder of *.jsonl trace files")
     ap.add_argument("--out", default=str(ROOT / "docs" / "results"), help="folder for the PNGs and batch.md")
     ap.add_argument("--orderings", type=int, default=ORDERINGS)
+    ap.add_argument("--round-size", type=int, default=SERVER_ROUND,
+                    help=f"self-consistency rounds after the first (default {SERVER_ROUND}, the server's; 0: as recorded)")
     args = ap.parse_args(argv)
     start = time.perf_counter()
     files = sorted(Path(args.traces).glob("*.jsonl"))
@@ -59,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         programs = sorted({t["program"] for t in traces})
         for program in programs:
             name = path.stem if len(programs) == 1 else f"{path.stem}-{program}"
-            analysis = analyse([t for t in traces if t["program"] == program], "eval", args.orderings)
+            analysis = analyse([t for t in traces if t["program"] == program], "eval", args.orderings, args.round_size or None)
             plot([analysis], out / f"{name}.png", title=name)
             print(f"== {name}\n{report(analysis)}\n")
             sections.append(markdown(name, analysis, f"{name}.png"))
@@ -73,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "batch.md").write_text(intro + "\n" + "\n\n".join(sections) + "\n")
     if headline is not None:
         name, analysis = headline
-        print(f"== headline: {analysis.program} on {name}, eval split\n{format_reach(analysis.target, analysis.reach)}\n")
+        print(f"== headline: {analysis.program} on {name}, eval split\n{format_reach(analysis.target, analysis.reach, analysis.near)}\n")
     print(f"wrote {len(sections)} plots and {out / 'batch.md'} in {time.perf_counter() - start:.1f} s")
     return 0
 

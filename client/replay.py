@@ -30,7 +30,7 @@ def plot(analyses: Sequence[Analysis], path: str | Path, title: str = "") -> Non
             points = sorted(sweep.points, key=lambda p: p.tokens)
             ax.errorbar([p.tokens for p in points], [p.accuracy for p in points],
                         xerr=[p.tokens_std for p in points], yerr=[p.accuracy_std for p in points],
-                        label=sweep.name, marker="o", markersize=3, capsize=2, linewidth=1.2,
+                        label=sweep.name, marker="o", markersize=3, capsize=2, linewidth=1.2, elinewidth=0.6,
                         linestyle="--" if sweep.name in REFERENCES else "-")
         ax.axhline(analysis.target, color="grey", linewidth=0.6, linestyle=":")
         ax.set_xlabel("tokens per question")
@@ -47,8 +47,9 @@ def plot(analyses: Sequence[Analysis], path: str | Path, title: str = "") -> Non
 
 def report(analysis: Analysis) -> str:
     """What `main` prints for one program."""
-    head = f"{analysis.program}: {analysis.questions} questions ({analysis.split} split) x {analysis.orderings} orderings"
-    return "\n".join([head, format_calibration(analysis.calibration), format_reach(analysis.target, analysis.reach)])
+    head = (f"{analysis.program}: {analysis.questions} questions ({analysis.split} split) x {analysis.orderings} orderings"
+            f"{f', first round {analysis.detect_step} then rounds of {analysis.round_size}' if analysis.round_size else ''}")
+    return "\n".join([head, format_calibration(analysis.calibration), format_reach(analysis.target, analysis.reach, analysis.near)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,15 +60,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", choices=("eval", "fit", "all"), default="eval",
                         help="questions to report on; curves are always fitted on the fit split (default: eval)")
     parser.add_argument("--orderings", type=int, default=ORDERINGS, help="sample orderings per self-consistency question")
+    parser.add_argument("--round-size", type=int, help="replay self-consistency in rounds of this many samples after "
+                        "the first (default: as recorded; every sample is in the trace, so any schedule replays)")
     args = parser.parse_args(argv)
-    if args.orderings < 1:
-        parser.error(f"--orderings: must be >= 1, got {args.orderings}")
+    for name in ("orderings", "round_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')}: must be >= 1, got {value}")
     try:
         traces = [t for path in args.traces for t in load_traces(path)]
         programs = sorted({t["program"] for t in traces})
         if not programs:
             raise RequestError(f"{', '.join(args.traces)}: no traces")
-        analyses = [analyse([t for t in traces if t["program"] == p], args.split, args.orderings) for p in programs]
+        analyses = [analyse([t for t in traces if t["program"] == p], args.split, args.orderings, args.round_size) for p in programs]
     except RequestError as exc:
         print(f"dynasor replay: error: {exc}", file=sys.stderr)
         return 2

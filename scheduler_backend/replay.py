@@ -237,9 +237,11 @@ def _option(traces: Sequence[dict[str, Any]], name: str, default: int) -> int:
     return values.pop()
 
 
-def build_table(traces: Sequence[dict[str, Any]], orderings: int = ORDERINGS, seed: int = SEED) -> Table:
+def build_table(traces: Sequence[dict[str, Any]], orderings: int = ORDERINGS, seed: int = SEED,
+                round_size: int | None = None) -> Table:
     """The table of traces of one program (checked by traces.check_trace); self-consistency traces
-    with samples are replayed per sample under `orderings` orderings."""
+    with samples are replayed per sample under `orderings` orderings, in rounds of `round_size`
+    after the first (None: as recorded)."""
     if not traces:
         raise RequestError("no traces to replay")
     programs = sorted({t["program"] for t in traces})
@@ -250,7 +252,7 @@ def build_table(traces: Sequence[dict[str, Any]], orderings: int = ORDERINGS, se
     detect = _option(traces, "detect_step", 4)
     if per_sample:
         parts = [_sample_rows(t, orderings, seed) for t in traces]
-        round_size = _option(traces, "round_size", 4)
+        round_size = round_size or _option(traces, "round_size", 4)
     else:
         parts = [_history_rows(t) for t in traces]
         gaps = np.concatenate([np.diff(p["steps"][0]) for p in parts] + [np.array([1])])
