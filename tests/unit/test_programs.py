@@ -8,7 +8,7 @@ import itertools
 import pytest
 
 from engines.scripted import ScriptedEngine
-from scheduler_backend.allocation import ThresholdPolicy
+from scheduler_backend.allocation import CurvePolicy, ThresholdPolicy, UniformPolicy
 from scheduler_backend.engine import GenerateCall, SamplingSpec
 from scheduler_backend.program import (
     GenerateStep,
@@ -103,6 +103,32 @@ def test_self_consistency_cuts_a_hopeless_program_before_the_cap():
     assert state.stop_reason is StopReason.HOPELESS
     assert state.steps == 8 < 32  # cut at hopeless_step (twice the detect step)
     assert state.answer is not None  # a cut program still returns its best guess
+
+
+def test_self_consistency_spends_the_budget_its_curve_set_at_detection():
+    """First round 5, 5, 7, 7: certaindex 0.5, so the curve 24 exp(-4 c) = 3.25 gives 3 more
+    samples, and the program stops at 7 although the later samples make it less certain."""
+    counter = itertools.count()
+
+    def script(call: GenerateCall, i: int) -> str:
+        n = next(counter)
+        return f"\\boxed{{{5 if n < 2 else 7 if n < 4 else n}}}"
+
+    engine = ScriptedEngine(script)
+    policy = CurvePolicy(a=24.0, b=4.0, detect_step=4)
+    program = SelfConsistency(QUESTION, 32, policy, sampling=SAMPLING, round_size=1, first_round=4)
+    state = drive(program, engine)
+    assert program.answers == ["5", "5", "7", "7", "14", "15", "16"] and state.steps == 7
+    assert state.certaindex < 0.5
+    assert state.stop_reason is StopReason.SETTLED
+    assert [c.sampling.n for c in engine.calls] == [4, 1, 1, 1]
+
+
+def test_a_swapped_in_uniform_policy_runs_to_the_cap():
+    program = _sc(budget=8)
+    program.allocate(UniformPolicy())
+    state = drive(program, ScriptedEngine(lambda call, i: "\\boxed{5}"))
+    assert state.stop_reason is StopReason.CAP and state.steps == 8 and state.certaindex == 1.0
 
 
 def test_self_consistency_prompt_asks_for_a_boxed_answer_and_first_round_is_the_detect_step():
