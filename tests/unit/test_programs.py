@@ -112,7 +112,7 @@ def test_self_consistency_spends_the_budget_its_curve_set_at_detection():
 
     def script(call: GenerateCall, i: int) -> str:
         n = next(counter)
-        return f"\\boxed{{{5 if n < 2 else 7 if n < 4 else n}}}"
+        return f"\\boxed{{{5 if n < 2 else 7 if n < 4 else 10 + n}}}"
 
     engine = ScriptedEngine(script)
     policy = CurvePolicy(a=24.0, b=4.0, detect_step=4)
