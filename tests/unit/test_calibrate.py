@@ -1,157 +1,199 @@
-"""Calibration from capped traces: replay, the grid search under an accuracy bound, the curve fit,
-and the CLI."""
+"""Calibration from capped traces: the fit/eval split, the grid search under an accuracy bound, the
+hopeless cut, the curve and predictor fits, a fit that fails, and the CLI."""
 from __future__ import annotations
 
+import itertools
 import json
 import math
-import random
 
 import pytest
 
-from scheduler_backend.allocation import CurvePolicy, ThresholdPolicy, load_policy
-from scheduler_backend.calibrate import _Table, calibrate, correctness, fit_curve, main, replay, settle_index
+from scheduler_backend.allocation import CurvePolicy, ThresholdPolicy, load_policy, policy_from_dict
+from scheduler_backend.calibrate import calibrate, choose_threshold, fit_curve, main, split
+from scheduler_backend.replay import build_table, replay
+from scheduler_backend.traces import split_of
+from tests.unit.synthetic_traces import history_trace, random_sc_traces, sc_trace
 
 BUDGET = 16
-TOKENS_PER_STEP = 100
 
 
-def make_trace(answers: list[str | None], certaindex: list[float], gold: str | None = "42",
-               correct: bool | None = None, program: str = "self-consistency") -> dict:
-    history = [{"steps": i + 1, "certaindex": c, "answer": a, "tokens_used": TOKENS_PER_STEP * (i + 1)}
-               for i, (a, c) in enumerate(zip(answers, certaindex))]
-    return {"program": program, "question": "q", "gold": gold, "budget": len(answers), "history": history,
-            "correct": correct}
+def ids(which: str):
+    """Trace ids that fall in split `which`, in order."""
+    return (f"{which}-{i}" for i in itertools.count() if split_of(f"{which}-{i}") == which)
 
 
-def easy() -> dict:
-    """Right from the first sample, and certain from the second."""
-    return make_trace(["42"] * BUDGET, [0.3] + [1.0] * (BUDGET - 1))
+def easy(trace_id: str = "easy") -> dict:
+    """Right from the first step, and certain from the second."""
+    return history_trace(trace_id, ["42"] * BUDGET, [0.3] + [1.0] * (BUDGET - 1))
 
 
-def hard() -> dict:
+def hard(trace_id: str = "hard") -> dict:
     """Never settles: the answer flips until the last step, which is right; certaindex stays middling."""
     answers = ["41" if i % 2 else "43" for i in range(BUDGET - 1)] + ["42"]
-    return make_trace(answers, [0.3 + 0.2 * (i % 3) / 2 for i in range(BUDGET)])
+    return history_trace(trace_id, answers, [0.3 + 0.2 * (i % 3) / 2 for i in range(BUDGET)])
 
 
-def impossible() -> dict:
+def impossible(trace_id: str = "impossible") -> dict:
     """Wrong whatever the compute; certaindex stays very low."""
-    return make_trace([str(100 + i) for i in range(BUDGET)], [0.05] * BUDGET)
+    return history_trace(trace_id, [str(100 + i) for i in range(BUDGET)], [0.05] * BUDGET)
 
 
-def test_replay_stops_where_the_policy_says() -> None:
-    trace = easy()
-    assert replay(trace, ThresholdPolicy(settle=0.9, detect_step=1)) == (1, "42", 2 * TOKENS_PER_STEP)
-    assert replay(trace, ThresholdPolicy(settle=0.9, detect_step=5)) == (4, "42", 5 * TOKENS_PER_STEP)
-    never = ThresholdPolicy(settle=1.0, detect_step=BUDGET + 1)
-    assert replay(hard(), never) == (BUDGET - 1, "42", BUDGET * TOKENS_PER_STEP)
-    cut = ThresholdPolicy(settle=0.9, detect_step=2, hopeless=0.1, hopeless_step=6)
-    assert replay(impossible(), cut)[0] == 5
+def test_split_is_stable_and_about_half() -> None:
+    names = [f"gsm8k-test-{i}" for i in range(2000)]
+    halves = [split_of(n) for n in names]
+    assert halves == [split_of(n) for n in names] and set(halves) == {"fit", "eval"}
+    assert 0.45 < halves.count("fit") / len(halves) < 0.55
+    assert split_of(7) == split_of("7")  # ids are read as text, whatever JSON type they had
 
 
-def test_vectorized_grid_replay_agrees_with_replay() -> None:
-    rng = random.Random(3)
-    traces = []
-    for _ in range(40):
-        n = rng.randint(1, 12)
-        traces.append(make_trace([str(rng.randint(0, 3)) for _ in range(n)], [round(rng.random(), 2) for _ in range(n)]))
-    table = _Table.build(traces)
-    for _ in range(200):
-        settle = round(rng.uniform(0.2, 1.0), 2)
-        detect = rng.randint(1, 12)
-        hopeless = round(rng.uniform(0.0, settle - 0.01), 2) if rng.random() < 0.5 else None
-        policy = ThresholdPolicy(settle=settle, detect_step=detect, hopeless=hopeless)
-        assert list(table.stops(policy)) == [replay(t, policy)[0] for t in traces], policy
+def test_calibration_never_sees_its_evaluation_questions() -> None:
+    """Whatever the eval questions hold, the chosen policies are the same; only the report moves."""
+    traces = random_sc_traces(60, seed=3)
+    scrambled = [t if split_of(t["id"]) == "fit" else sc_trace(t["id"], ["7"] * BUDGET, [500] * BUDGET) for t in traces]
+    a, b = calibrate(traces, orderings=3), calibrate(scrambled, orderings=3)
+    assert a["policy"] == b["policy"] and a["curve"] == b["curve"]
+    assert a["report"]["rows"] != b["report"]["rows"]
+    halves = split(traces)
+    assert a["split"]["fit"] == len(halves["fit"]) and a["report"]["programs"] == len(halves["eval"]) > 0
 
 
-def test_settle_index_is_where_the_answer_stops_changing() -> None:
-    assert settle_index(make_trace(["1", "2", "2", "3", "3", "3"], [0.0] * 6)) == 3
-    assert settle_index(make_trace(["3", "3.0", "3"], [0.0] * 3)) == 0  # equal by value
-    assert settle_index(make_trace(["1", None, None], [0.0] * 3)) == 1
-    assert settle_index(make_trace(["1", "2"], [0.0] * 2)) == 1
-
-
-def test_accuracy_without_gold_is_agreement_with_the_final_answer() -> None:
-    assert correctness(make_trace(["1", "2", "2"], [0.0] * 3, gold=None)) == [False, True, True]
-    assert correctness(make_trace(["1", "2", "2"], [0.0] * 3, gold=None, correct=False)) == [False] * 3
-    assert correctness(make_trace(["1", "2", None], [0.0] * 3, gold="1")) == [True, False, False]
-
-
-def test_calibrate_saves_tokens_on_easy_programs_without_losing_accuracy() -> None:
-    traces = [easy() for _ in range(10)] + [hard() for _ in range(10)]
-    doc = calibrate(traces, max_accuracy_drop=0.01)
-    report, policy = doc["report"], doc["policy"]
-    assert report["programs"] == 20
-    assert report["accuracy_cap"] == report["accuracy_policy"] == 1.0
+def test_threshold_saves_tokens_on_easy_programs_without_losing_accuracy() -> None:
+    table = build_table([easy(f"e{i}") for i in range(10)] + [hard(f"h{i}") for i in range(10)])
+    policy, result = choose_threshold(table, max_accuracy_drop=0.01)
+    assert result.correct.all()
     # Easy programs stop after 2 of 16 steps; hard ones must run to the cap to be right.
-    assert report["tokens_saved_fraction"] == pytest.approx(1 - (10 * 2 + 10 * BUDGET) / (20 * BUDGET))
-    assert policy["kind"] == "threshold" and 0.5 < policy["settle"] <= 1.0 and policy["detect_step"] <= 2
-    chosen = ThresholdPolicy(**{k: v for k, v in policy.items() if k != "kind"})
-    assert replay(hard(), chosen)[0] == BUDGET - 1
-    assert policy["extra_fraction"] == pytest.approx(0.5, abs=0.1)  # half the programs run on after detection
+    assert result.steps.tolist() == [2] * 10 + [BUDGET] * 10
+    assert 0.5 < policy.settle <= 1.0 and policy.detect_step <= 2
+    assert policy.extra_fraction == pytest.approx(0.5, abs=0.1)  # half the programs run on after detection
 
 
-def test_calibrate_cuts_hopeless_programs_only_when_allowed() -> None:
-    traces = [easy() for _ in range(10)] + [hard() for _ in range(10)] + [impossible() for _ in range(10)]
-    with_cut = calibrate(traces, hopeless=True)
-    without = calibrate(traces, hopeless=False)
-    assert with_cut["policy"]["hopeless"] is not None and without["policy"]["hopeless"] is None
-    assert with_cut["report"]["accuracy_policy"] == with_cut["report"]["accuracy_cap"]
-    assert with_cut["report"]["tokens_saved_fraction"] > without["report"]["tokens_saved_fraction"] + 0.1
+def test_hopeless_cut_only_when_allowed() -> None:
+    table = build_table([easy(f"e{i}") for i in range(10)] + [hard(f"h{i}") for i in range(10)]
+                        + [impossible(f"i{i}") for i in range(10)])
+    with_cut, cut_result = choose_threshold(table, 0.01, hopeless=True)
+    without, plain_result = choose_threshold(table, 0.01, hopeless=False)
+    assert with_cut.hopeless is not None and without.hopeless is None
+    assert cut_result.correct.sum() == plain_result.correct.sum() == 20
+    assert cut_result.tokens.sum() < plain_result.tokens.sum() - 0.1 * plain_result.tokens.sum()
 
 
 def test_accuracy_drop_bound_trades_accuracy_for_tokens() -> None:
     """A settle threshold of 0.6 at step 2 is right for 49 programs and wrong for one (2%)."""
-    medium = make_trace(["42"] * BUDGET, [0.3, 0.6] + [0.7] * (BUDGET - 2))
-    fooled = make_trace(["7", "7"] + ["42"] * (BUDGET - 2), [0.3, 0.6] + [0.7] * (BUDGET - 2))
-    traces = [medium] * 49 + [fooled]
-    strict = calibrate(traces, max_accuracy_drop=0.0)
-    loose = calibrate(traces, max_accuracy_drop=0.05)
-    assert strict["report"]["accuracy_policy"] == 1.0
-    assert loose["report"]["accuracy_policy"] == pytest.approx(0.98)
-    assert loose["report"]["tokens_saved_fraction"] > strict["report"]["tokens_saved_fraction"]
+    medium = [history_trace(f"m{i}", ["42"] * BUDGET, [0.3, 0.6] + [0.7] * (BUDGET - 2)) for i in range(49)]
+    fooled = history_trace("f", ["7", "7"] + ["42"] * (BUDGET - 2), [0.3, 0.6] + [0.7] * (BUDGET - 2))
+    table = build_table(medium + [fooled])
+    _, strict = choose_threshold(table, max_accuracy_drop=0.0)
+    _, loose = choose_threshold(table, max_accuracy_drop=0.05)
+    assert strict.correct.mean() == 1.0 and loose.correct.mean() == pytest.approx(0.98)
+    assert loose.tokens.sum() < strict.tokens.sum()
 
 
-def test_calibrate_fits_the_curve_of_steps_to_settle() -> None:
+def settling(count: int, budget: int = 32, detect: int = 2) -> list[dict]:
     """Traces whose answer settles 20 * exp(-3 c) steps after detection at certaindex c."""
-    budget, detect = 32, 2
     traces = []
-    for k in range(60):
-        c = k / 59
+    for k in range(count):
+        c = k / (count - 1)
         settle_step = detect + round(20 * math.exp(-3 * c))
         answers = ["9" if i + 1 < settle_step else "42" for i in range(budget)]
-        cert = [c if i + 1 < settle_step else 1.0 for i in range(budget)]
-        traces.append(make_trace(answers, cert))
-    curve = fit_curve(traces, detect_step=detect)
+        traces.append(history_trace(f"s{k}", answers, [c if i + 1 < settle_step else 1.0 for i in range(budget)]))
+    return traces
+
+
+def test_curve_is_fitted_to_the_steps_until_the_answer_settled() -> None:
+    curve = fit_curve(build_table(settling(60)), detect_step=2)
     assert curve.a == pytest.approx(20, rel=0.15) and curve.b == pytest.approx(3, rel=0.15)
-    doc = calibrate(traces)
-    assert doc["curve"]["kind"] == "curve" and doc["curve"]["detect_step"] == doc["policy"]["detect_step"]
-    assert doc["report"]["tokens_saved_fraction_curve"] > 0
+    assert curve.detect_step == 2
+
+
+def test_threshold_predictor_tracks_what_programs_still_spent() -> None:
+    doc = calibrate(settling(120), orderings=1)
+    predictor = doc["policy"]["predictor"]
+    assert predictor is not None and predictor["b"] > 0  # less certain programs ran longer
+    policy = threshold_of(doc)
+    allocation = policy.start(32)
+    allocation.verdict(0.0, policy.detect_step)
+    low = allocation.predicted_remaining(0.0, policy.detect_step)
+    assert low > allocation.predicted_remaining(0.5, policy.detect_step) > 0
+
+
+def threshold_of(doc: dict) -> ThresholdPolicy:
+    policy = policy_from_dict(doc["policy"])
+    assert isinstance(policy, ThresholdPolicy)
+    return policy
+
+
+def failing_fit_traces() -> list[dict]:
+    """Nine fit-split programs that give the curve fit exactly (certaindex at detection, steps
+    still needed) = ([1] * 6 + [0.6, 0.6, 0.25], [0] * 8 + [12]), which does not converge; and a
+    few eval-split ones to report on."""
+    fit, held_out = ids("fit"), ids("eval")
+    traces = [history_trace(next(fit), ["42"] * 13, [1.0] * 13) for _ in range(6)]
+    traces += [history_trace(next(fit), ["42"] * 13, [0.6] * 13) for _ in range(2)]
+    traces.append(history_trace(next(fit), [str(i) for i in range(12)] + ["42"], [0.25] * 13))
+    traces += [history_trace(next(held_out), ["42"] * 13, [1.0] * 13) for _ in range(3)]
+    return traces
+
+
+def test_a_curve_that_cannot_be_fitted_is_reported_and_the_threshold_still_written(tmp_path, capsys) -> None:
+    traces = failing_fit_traces()
+    table = build_table(split(traces)["fit"])
+    with pytest.raises(ValueError, match="did not converge"):
+        fit_curve(table, detect_step=1)
+    path, out = tmp_path / "traces.jsonl", tmp_path / "calibration.json"
+    path.write_text("".join(json.dumps(t) + "\n" for t in traces))
+    assert main([str(path), "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "curve not fitted (curve fit did not converge" in printed and f"wrote {out}" in printed
+    doc = json.loads(out.read_text())
+    assert doc["curve"] is None and any("curve not fitted" in note for note in doc["notes"])
+    threshold = load_policy(out)
+    assert isinstance(threshold, ThresholdPolicy) and threshold.detect_step == 1
+    with pytest.raises(ValueError, match="curve: not written"):
+        load_policy(out, which="curve")
+    assert [r["accuracy"] for r in doc["report"]["rows"]][:2] == [1.0, 1.0]
 
 
 def test_main_writes_a_calibration_the_server_can_load(tmp_path, capsys) -> None:
     traces_path, out = tmp_path / "traces.jsonl", tmp_path / "calibration.json"
-    traces_path.write_text("\n".join(json.dumps(t) for t in [easy()] * 5 + [hard()] * 5) + "\n")
-    assert main([str(traces_path), "-o", str(out)]) == 0
+    traces_path.write_text("".join(json.dumps(t) + "\n" for t in random_sc_traces(40, seed=9)))
+    assert main([str(traces_path), "-o", str(out), "--orderings", "2"]) == 0
     printed = capsys.readouterr().out
-    assert "run to cap" in printed and "10 programs" in printed
     doc = json.loads(out.read_text())
-    assert set(doc) == {"policy", "curve", "report"}
+    assert f"fit on {doc['split']['fit']} programs, reported on {doc['split']['eval']} held-out" in printed
+    assert "run to cap" in printed
+    assert set(doc) == {"policy", "curve", "split", "report", "notes"}
     assert isinstance(load_policy(out), ThresholdPolicy)
     assert isinstance(load_policy(out, which="curve"), CurvePolicy)
+    cap = doc["report"]["rows"][0]
+    assert cap["allocation"] == "run to cap" and cap["saved"] == 0.0
 
 
 def test_main_reports_bad_traces_by_file_line_and_field(tmp_path, capsys) -> None:
     path = tmp_path / "traces.jsonl"
-    bad = easy()
+    bad = easy("x")
     bad["history"][3]["certaindex"] = "high"
     path.write_text(json.dumps(easy()) + "\n" + json.dumps(bad) + "\n")
     assert main([str(path), "-o", str(tmp_path / "c.json")]) == 2
     assert f"{path}:2: history[3].certaindex" in capsys.readouterr().err
-    path.write_text(json.dumps(easy()) + "\n" + json.dumps(make_trace(["1"], [0.5], program="mcts")) + "\n")
+    no_id = easy()
+    del no_id["id"]
+    path.write_text(json.dumps(no_id) + "\n")
+    assert main([str(path), "-o", str(tmp_path / "c.json")]) == 2
+    assert f"{path}:1: id:" in capsys.readouterr().err
+    fit = ids("fit")
+    path.write_text(json.dumps(easy(next(fit))) + "\n" + json.dumps(history_trace(next(fit), ["1"], [0.5], program="rebase")) + "\n")
     assert main([str(path), "-o", str(tmp_path / "c.json")]) == 2
     assert "--program" in capsys.readouterr().err
-    assert main([str(path), "-o", str(tmp_path / "c.json"), "--program", "self-consistency"]) == 0
+    assert main([str(path), "-o", str(tmp_path / "c.json"), "--program", "mcts"]) == 0
     assert not (tmp_path / "missing.jsonl").exists()
     assert main([str(tmp_path / "missing.jsonl")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_replay_of_the_chosen_policy_matches_the_report() -> None:
+    traces = random_sc_traces(50, seed=4)
+    doc = calibrate(traces, orderings=2)
+    table = build_table(split(traces)["eval"], 2)
+    result = replay(table, threshold_of(doc))
+    row = doc["report"]["rows"][1]
+    assert row["accuracy"] == pytest.approx(result.correct.mean()) and row["tokens_per_question"] == pytest.approx(result.tokens.mean())

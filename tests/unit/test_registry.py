@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from scheduler_backend import registry
-from scheduler_backend.allocation import CurvePolicy, ThresholdPolicy
+from scheduler_backend.allocation import CurvePolicy, ThresholdPolicy, UniformPolicy
 from scheduler_backend.engine import SamplingSpec
 from scheduler_backend.errors import RequestError
 from scheduler_backend.program import ReasoningProgram, StopReason
@@ -63,6 +63,18 @@ def test_allocation_policy_object_is_used_and_validated():
     _refused("options.allocation.a", options={"allocation": {"kind": "curve", "b": 1.0}})
     _refused("options.allocation", options={"allocation": 3})
     _refused("options.settle_threshold", options={"allocation": {"kind": "threshold"}, "settle_threshold": 0.5})
+    _refused("options.allocation.check_every", options={"allocation": {"kind": "threshold", "check_every": 0}})
+    _refused("options.allocation.predictor.b", options={"allocation": {"kind": "threshold", "predictor": {"a": 2}}})
+
+
+def test_every_policy_kind_builds_a_program_with_its_own_allocation():
+    uniform = create("self-consistency", Q, {"allocation": {"kind": "uniform"}})
+    assert isinstance(uniform.policy, UniformPolicy) and uniform.first_round == uniform.round_size
+    dynamic = create("self-consistency", Q, {"allocation": {"kind": "curve", "a": 8.0, "b": 3.0, "dynamic": True}})
+    assert dynamic.policy.dynamic and dynamic.allocation.policy is dynamic.policy
+    sparse = create("mcts", Q, {"allocation": {"kind": "threshold", "check_every": 3, "predictor": {"a": 5.0, "b": 1.0}}})
+    assert sparse.policy.check_every == 3 and sparse.allocation.budget == sparse.budget
+    assert create("mcts", Q, {}).allocation is not create("mcts", Q, {}).allocation  # one per program
 
 
 @pytest.mark.parametrize("question", [None, "", "   \n", 42])
