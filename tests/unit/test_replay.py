@@ -3,9 +3,13 @@ vectorized certaindex and vote against the project's own, sample orderings, hist
 the trade-off sweeps with their Table 4 analogue."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
+from benchmarks.bench_batch import main as bench_batch
+from client.replay import main as replay_main
 from scheduler_backend.allocation import CurvePolicy, ThresholdPolicy, UniformPolicy
 from scheduler_backend.answers import majority_answer
 from scheduler_backend.certaindex import entropy_certaindex
@@ -175,3 +179,30 @@ def test_sweeps_on_synthetic_traces_keep_their_invariants() -> None:
     by_name = {r.name: r for r in analysis.reach}
     assert by_name["uniform"].vs_uniform == 1.0 and by_name["oracle"].vs_oracle == 1.0
     assert analysis.near[0].tokens <= analysis.reach[0].tokens and NEAR > 0
+
+
+def test_replay_command_prints_the_table_and_draws_the_plot(tmp_path, capsys) -> None:
+    path, png = tmp_path / "traces.jsonl", tmp_path / "plots" / "tradeoffs.png"
+    path.write_text("".join(json.dumps(t) + "\n" for t in random_sc_traces(40, seed=6)))
+    assert replay_main([str(path), "--plot", str(png), "--orderings", "3", "--round-size", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "eval split" in printed and "first round 4 then rounds of 4" in printed
+    assert "tokens per question to reach uniform's best accuracy" in printed and "oracle" in printed
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert replay_main([str(tmp_path / "missing.jsonl")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_bench_batch_writes_every_plot_and_the_markdown(tmp_path, capsys) -> None:
+    traces, out = tmp_path / "traces", tmp_path / "results"
+    traces.mkdir()
+    (traces / "gsm8k-synthetic.jsonl").write_text("".join(json.dumps(t) + "\n" for t in random_sc_traces(40, seed=7)))
+    mixed = [history_trace(f"m{i}", ["42"] * 6, [0.2 * (i % 5)] * 6) for i in range(12)]
+    mixed += [history_trace(f"r{i}", ["41", "42"] * 4, [0.5] * 8, program="rebase") for i in range(12)]
+    (traces / "trees.jsonl").write_text("".join(json.dumps(t) + "\n" for t in mixed))
+    assert bench_batch([f"--traces={traces}", f"--out={out}", "--orderings=2"]) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["gsm8k-synthetic.png", "trees-mcts.png", "trees-rebase.png"]
+    markdown = (out / "batch.md").read_text()
+    assert markdown.count("### ") == 3 and "![gsm8k-synthetic](gsm8k-synthetic.png)" in markdown
+    assert "== headline: self-consistency on gsm8k-synthetic, eval split" in capsys.readouterr().out
+    assert bench_batch([f"--traces={tmp_path / 'none'}", f"--out={out}"]) == 1
