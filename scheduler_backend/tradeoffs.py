@@ -91,8 +91,9 @@ def sweeps(table: Table, calibration: Calibration) -> list[Sweep]:
                               _scaled(table, replace(curve, dynamic=dynamic))))
     columns = table.consults(detect)
     per_unit = (table.tokens[:, columns] / np.maximum(table.steps[:, columns], 1))[table.steps[:, columns] >= detect]
-    bounds = [float(np.quantile(per_unit, q)) for q in LENGTH_QUANTILES] if per_unit.size else []
-    out.append(_sweep(table, "output length", "tokens/unit", bounds, lambda t: by_length(table, t, detect)))
+    if per_unit.size:  # bounds from the lengths programs had at their consults: from stopping all to none
+        bounds = [float(np.quantile(per_unit, q)) for q in LENGTH_QUANTILES]
+        out.append(_sweep(table, "output length", "tokens/unit", bounds, lambda t: by_length(table, t, detect)))
     out.append(_sweep(table, "oracle", "budget", budgets, lambda b: oracle(table, int(b))))
     return out
 
