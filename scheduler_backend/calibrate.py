@@ -183,22 +183,25 @@ def split(traces: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 
 
 def calibrate(traces: Sequence[dict[str, Any]], max_accuracy_drop: float = 0.01, hopeless: bool = True,
-              orderings: int = ORDERINGS) -> dict[str, Any]:
-    """The calibration document: chosen on the fit split, reported on the eval split."""
+              orderings: int = ORDERINGS, round_size: int | None = None) -> dict[str, Any]:
+    """The calibration document: chosen on the fit split, reported on the eval split (for
+    self-consistency replayed in rounds of `round_size` after the first; None: as recorded)."""
     halves = split(traces)
     if not halves["fit"]:
         raise RequestError(f"no traces in the fit split ({SPLIT_RULE}) to calibrate on")
-    calibration = calibrate_table(build_table(halves["fit"], orderings), max_accuracy_drop, hopeless)
+    fit = build_table(halves["fit"], orderings, round_size=round_size)
+    calibration = calibrate_table(fit, max_accuracy_drop, hopeless)
     notes = list(calibration.notes)
     report: dict[str, Any] = {"split": "eval", "programs": len(halves["eval"]), "rows": []}
     if halves["eval"]:
-        report["rows"] = evaluate(build_table(halves["eval"], orderings), calibration)
+        report["rows"] = evaluate(build_table(halves["eval"], orderings, round_size=round_size), calibration)
     else:
         notes.append("no traces in the eval split: nothing to report on")
     return {
         "policy": policy_to_dict(calibration.threshold),
         "curve": None if calibration.curve is None else policy_to_dict(calibration.curve),
-        "split": {"rule": SPLIT_RULE, "fit": len(halves["fit"]), "eval": len(halves["eval"]), "orderings": orderings},
+        "split": {"rule": SPLIT_RULE, "fit": len(halves["fit"]), "eval": len(halves["eval"]), "orderings": orderings,
+                  "round_size": fit.round_size if fit.per_sample else None},
         "report": report,
         "notes": notes,
     }
@@ -228,11 +231,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hopeless", action=argparse.BooleanOptionalAction, default=True,
                         help="also try cutting programs whose certaindex stays low")
     parser.add_argument("--orderings", type=int, default=ORDERINGS, help="sample orderings replayed per self-consistency question")
+    parser.add_argument("--round-size", type=int, help="self-consistency rounds after the first, as the server will run "
+                        "them (default: as recorded; every sample is in the trace, so any schedule replays)")
     args = parser.parse_args(argv)
     if not 0.0 <= args.max_accuracy_drop <= 1.0:
         parser.error(f"--max-accuracy-drop: must be in [0, 1], got {args.max_accuracy_drop}")
-    if args.orderings < 1:
-        parser.error(f"--orderings: must be >= 1, got {args.orderings}")
+    for name in ("orderings", "round_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')}: must be >= 1, got {value}")
     try:
         traces = [t for path in args.traces for t in load_traces(path)]
         if args.program is not None:
@@ -243,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                                "certaindex means something different in each: pick one with --program")
         if not traces:
             raise RequestError(f"{', '.join(args.traces)}: no traces" + (f" of program {args.program!r}" if args.program else ""))
-        doc = calibrate(traces, args.max_accuracy_drop, args.hopeless, args.orderings)
+        doc = calibrate(traces, args.max_accuracy_drop, args.hopeless, args.orderings, args.round_size)
     except RequestError as exc:
         print(f"dynasor calibrate: error: {exc}", file=sys.stderr)
         return 2
