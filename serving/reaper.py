@@ -46,7 +46,8 @@ def watch(stub_pid: int, server_pid: int) -> None:
     while server is not None and _alive(stub) and _alive(server):
         try:
             for child in stub.children(recursive=True):
-                tree.setdefault(child.pid, child)
+                if child.pid != os.getpid():  # the reaper is the stub's child too
+                    tree.setdefault(child.pid, child)
         except psutil.NoSuchProcess:
             break
         time.sleep(POLL_S)
