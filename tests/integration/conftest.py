@@ -31,7 +31,8 @@ def server(tmp_path_factory):
         pytest.fail(f"models/{TEST_MODEL} is missing: run `make setup` first")
     # The project's defaults, as a user gets them: the engine settings follow this machine.
     repository = _repository_with_contract_model(tmp_path_factory.mktemp("repo") / "model_repository")
-    srv = start_server(model_repository=repository, policy_model=TEST_MODEL)
+    # One operator limit set low, so test_faults can reach it with two programs.
+    srv = start_server(model_repository=repository, policy_model=TEST_MODEL, dynasor_parameters={"max_programs_per_client": "2"})
     try:
         srv.wait_ready(timeout_s=600)
     except BaseException:

@@ -101,7 +101,7 @@ def parse_program_request(
             raise RequestError("cancel_program: expected a program_id (32 hex digits) from the program's responses")
         return CancelRequest(target)
     question_text = text(question, "text_input") if question is not None else ""
-    program_name = text(program, "program") if program is not None else str(parameters.get("program", default_program))
+    program_name = text(program, "program") if program is not None else parameters.get("program", default_program)
     client_id = _client_id(parameters)
     options = {k: v for k, v in parameters.items() if k not in _TRANSPORT_PARAMETERS and k != "program" and k not in CLIENT_ID_KEYS}
     if options_json is not None:
