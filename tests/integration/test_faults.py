@@ -235,7 +235,7 @@ def _alive(processes: list[psutil.Process]) -> list[str]:
 @pytest.mark.destructive
 @pytest.mark.parametrize("restart_first", [False, True], ids=["first-engine", "rebuilt-engine"])
 def test_nothing_outlives_a_sigkilled_server(restart_first):
-    srv = start_server(policy_model=TEST_MODEL)
+    srv = start_server(policy_model=TEST_MODEL, engine_overrides={"enforce_eager": True})
     try:
         srv.wait_ready(timeout_s=600)
         if restart_first:
