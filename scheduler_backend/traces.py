@@ -5,7 +5,7 @@ anywhere; self-consistency traces keep every sample (answer, tokens, correctness
 also reorder them. No generated text is kept: traces stay small enough to commit.
 
 One JSON object per line (TRACE_FORMAT):
-  {"format", "id", "program", "question", "gold", "budget", "options", "stop_reason", "correct",
+  {"format", "id", "program", "question", "gold", "level", "budget", "options", "stop_reason", "correct",
    "samples": [{"answer", "tokens", "finish_reason", "correct"}, ...],   # generation steps' samples
    "rewards": [[score, ...], ...],                                       # reward-model steps
    "history": [{"steps", "certaindex", "answer", "tokens_used", "correct"}, ...]}  # after each step
@@ -99,6 +99,7 @@ async def record(engine: Any, program: str, records: Iterable[Mapping[str, Any]]
             failed.append(f"{rec['id']}: {final.extra.get('error', 'engine error')}")
             return
         trace = {"format": TRACE_FORMAT, "id": rec["id"], "program": program, "question": rec["question"], "gold": gold,
+                 "level": rec.get("level"),
                  "budget": prog.budget, "options": options, "stop_reason": final.stop_reason,
                  "correct": is_right(final.answer, gold), "samples": samples, "rewards": rewards, "history": history}
         sink.write(json.dumps(trace) + "\n")
