@@ -2,12 +2,17 @@
 PY := .venv/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test unit lint serve bench-policy bench-accuracy bench-dynasor bench-scheduling bench-scheduler bench-batch clean
+.PHONY: setup warm demo test unit lint serve bench-policy bench-accuracy bench-dynasor bench-scheduling bench-scheduler bench-batch clean
 
 setup:
 	@bash scripts/setup.sh
 
-demo: setup
+# torch.compile's cache for the policy model, so the first server start does not compile (skipped
+# once warm; the tests run eager and do not need it).
+warm: setup
+	$(PY) -m serving.compile_cache
+
+demo: warm
 	$(PY) -m benchmarks.demo
 
 test: setup
@@ -21,19 +26,19 @@ lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/mypy scheduler_backend engines serving client benchmarks
 
-serve: setup
+serve: warm
 	.venv/bin/dynasor serve
 
-bench-policy: setup
+bench-policy: warm
 	$(PY) -m benchmarks.bench_policy
 
-bench-accuracy: setup
+bench-accuracy: warm
 	$(PY) -m benchmarks.bench_accuracy
 
-bench-dynasor: setup
+bench-dynasor: warm
 	$(PY) -m benchmarks.bench_dynasor
 
-bench-scheduling: setup
+bench-scheduling: warm
 	$(PY) -m benchmarks.bench_scheduling
 
 bench-scheduler: setup

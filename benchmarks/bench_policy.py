@@ -3,9 +3,9 @@
 
 Each concurrency level sends C prompts at once (one sample each, fixed length: ignore_eos), so every
 path decodes the same number of tokens; ratios measured in one run are what matter on a noisy host.
-`policy` runs with the project's defaults, then with torch.compile; the direct engine runs with
-the settings `policy` picks for this machine, then with each choice undone (the other dtype, vLLM's default core reservation, torch.compile instead of eager), so the
-table shows what each choice is worth here. One engine lives at a time (the machine has 2 cores).
+`policy` runs with the project's defaults, then eager; the direct engine runs with the settings
+`policy` picks for this machine, then with each choice undone (the other dtype, vLLM's default
+core reservation, eager instead of torch.compile), so the table shows what each choice is worth. One engine lives at a time (the machine has 2 cores).
 """
 from __future__ import annotations
 
@@ -81,7 +81,8 @@ def direct_configs(model: str) -> list[DirectConfig]:
         DirectConfig(other_dtype, {**chosen.engine_args, "dtype": other_dtype}, chosen.env),
         DirectConfig("one core (vLLM reserves one)", chosen.engine_args,
                      {**chosen.env, "VLLM_CPU_NUM_OF_RESERVED_CPU": "1"}),
-        DirectConfig("torch.compile", {**chosen.engine_args, "enforce_eager": False}, chosen.env),
+        DirectConfig("eager" if not chosen.engine_args.get("enforce_eager") else "torch.compile",
+                     {**chosen.engine_args, "enforce_eager": not chosen.engine_args.get("enforce_eager")}, chosen.env),
     ]
 
 
@@ -130,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         tri, tri_start = triton_run(model, args.levels, args.max_tokens)
         rows.append(("policy through Triton (project defaults)", tri, tri_start))
-        tri, tri_start = triton_run(model, args.levels, args.max_tokens, {"enforce_eager": False})
-        rows.append(("policy through Triton, torch.compile", tri, tri_start))
+        tri, tri_start = triton_run(model, args.levels, args.max_tokens, {"enforce_eager": True})
+        rows.append(("policy through Triton, eager", tri, tri_start))
         for config in tqdm(direct_configs(model), desc=f"{model}: direct vLLM configurations", unit="config"):
             tok_s, start_s = direct_run(config, args.levels, args.max_tokens)
             rows.append((f"vLLM direct, {config.name}", tok_s, start_s))

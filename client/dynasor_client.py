@@ -37,6 +37,11 @@ class Progress:
     def latency_s(self) -> float | None:
         return self.details.get("latency_s")
 
+    @property
+    def program_id(self) -> str | None:
+        """The server's id for this program: what `cancel()` takes."""
+        return self.details.get("program_id")
+
     @classmethod
     def from_outputs(cls, out: Mapping[str, Any]) -> Progress:
         def scalar(name, default=None):
@@ -104,6 +109,20 @@ class DynasorClient(_Connection):
         finally:
             call.close()
 
+    def cancel(self, program_id: str) -> Progress:
+        """Stop a program by its id, from any connection: how an HTTP client cancels (closing a
+        gRPC stream cancels by itself)."""
+        inputs = {"text_input": ""}
+        if self.protocol == "http":
+            return _final(next(iter(_http_stream(self.url, {**inputs, "cancel_program": program_id}, self.timeout_s)), None))
+        call = StreamCall(self.url, MODEL, inputs, parameters={"cancel_program": program_id}, timeout_s=self.timeout_s)
+        try:
+            return _final(next((Progress.from_outputs(r.outputs) for r in call if "answer" in r.outputs), None))
+        except RuntimeError as e:
+            raise ProgramError(str(e)) from None
+        finally:
+            call.close()
+
     def solve(self, question: str, program: str | None = None, options: Mapping[str, Any] | None = None,
               on_progress: Callable[[Progress], None] | None = None) -> Progress:
         last = None
@@ -114,7 +133,7 @@ class DynasorClient(_Connection):
         return _final(last)
 
 
-def _http_stream(url: str, inputs: Mapping[str, str], timeout_s: float) -> Iterator[Progress]:
+def _http_stream(url: str, inputs: Mapping[str, Any], timeout_s: float) -> Iterator[Progress]:
     import requests
 
     with requests.post(f"http://{url}/v2/models/{MODEL}/generate_stream", json=dict(inputs), stream=True, timeout=timeout_s) as r:

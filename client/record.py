@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from scheduler_backend.datasets import gold_answer, load_records
+from scheduler_backend.datasets import DATASETS, gold_answer, load, load_records
 from scheduler_backend.traces import record
 from serving.model_config import judge_settings, policy_engine_args
 
@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     from engines.vllm_direct import VllmEngine
 
     ap = argparse.ArgumentParser(prog="dynasor record", description=(__doc__ or "").split("\n\n")[0])
-    ap.add_argument("data", help="JSONL with 'question' (or 'problem') and optionally 'answer'")
+    ap.add_argument("data", help="JSONL with 'question' (or 'problem') and optionally 'answer', or a shipped set as "
+                                 f"NAME[:SPLIT] ({', '.join(DATASETS)})")
     ap.add_argument("-o", "--output", required=True, help="JSONL of traces; existing ids in it are skipped")
     ap.add_argument("--model", default="qwen2.5-coder-0.5b", help="NAME under models/ or a folder")
     ap.add_argument("--program", default="self-consistency", help="self-consistency, mcts, rebase, cot-probe")
@@ -27,9 +28,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=8, help="programs run at once")
     ap.add_argument("--options", default="{}", help="JSON program options (budget, round_size, max_tokens, ...)")
     args = ap.parse_args(argv)
-    stem = Path(args.data).stem if Path(args.data).parent.name in ("", ".") else f"{Path(args.data).parent.name}-{Path(args.data).stem}"
-    records = [{"id": f"{stem}-{i}", "question": r.get("question") or r.get("problem"), "gold": gold_answer(r)}
-               for i, r in enumerate(load_records(args.data, args.limit))]
+    name, _, split = args.data.partition(":")
+    if not Path(args.data).exists() and name in DATASETS:
+        records = [{"id": f"{name}-{split or 'test'}-{p.id}", "question": p.question, "gold": p.gold, "level": p.level}
+                   for p in load(name, split or "test", args.limit)]
+    else:
+        path = Path(args.data)
+        stem = path.stem if path.parent.name in ("", ".") else f"{path.parent.name}-{path.stem}"
+        records = [{"id": f"{stem}-{i}", "question": r.get("question") or r.get("problem"), "gold": gold_answer(r)}
+                   for i, r in enumerate(load_records(args.data, args.limit))]
 
     async def go() -> int:
         async with VllmEngine(policy_engine_args(args.model), judge_settings()) as engine:

@@ -51,12 +51,12 @@ class StreamCall:
     """A single streamed request; iterate for its responses, `close()` to cancel it."""
 
     def __init__(self, url: str, model: str, inputs: Mapping[str, Any], parameters: Mapping[str, Any] | None = None,
-                 request_id: str = "", timeout_s: float = 600.0):
+                 request_id: str = "", timeout_s: float = 600.0, headers: Mapping[str, str] | None = None):
         self._client = grpcclient.InferenceServerClient(url)
         self._queue: queue.Queue = queue.Queue()
         self._timeout = timeout_s
         self._done = False
-        self._client.start_stream(callback=lambda result, error: self._queue.put((result, error)))
+        self._client.start_stream(callback=lambda result, error: self._queue.put((result, error)), headers=dict(headers or {}))
         self._client.async_stream_infer(
             model,
             [as_input(k, v) for k, v in inputs.items()],

@@ -8,7 +8,7 @@ import multiprocessing
 import re
 import threading
 from collections.abc import Callable, Sequence
-from decimal import Decimal
+from decimal import Context, Decimal
 from fractions import Fraction
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -104,7 +104,7 @@ def normalize_answer(ans: str) -> str:
     if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d*)?", s):
         s = s.replace(",", "")
     if re.fullmatch(r"-?(?:\d+\.?\d*|\.\d+)", s):
-        s = format(Decimal(s).normalize(), "f")
+        s = format(Decimal(s).normalize(Context(prec=len(s))), "f")  # the default 28 digits would round
     return s
 
 
@@ -143,13 +143,16 @@ def _bracketed(s: str) -> bool:
 
 
 def _compound(s: str) -> tuple[str, list[str]] | None:
-    """(kind, elements) for tuples, intervals, sets, unions, lists and matrices; None for one value."""
+    """(kind, elements) for tuples, intervals, sets, unions, lists and matrices; None for one value.
+    Plain braces make a set only around a comma: `{5}` is LaTeX grouping, `{1,2}` a set."""
     if m := re.fullmatch(r"\\begin\{([pbv]?matrix)\}(.*)\\end\{\1\}", s, re.DOTALL):
         return "matrix", [e for row in _split_top(m.group(2), "\\\\") for e in _split_top(row, "&")]
     if len(parts := _split_top(s, "\\cup")) > 1:
         return "cup", parts
     if s.startswith("\\{") and s.endswith("\\}"):
         return "set", _split_top(s[2:-2], ",")
+    if s.startswith("{") and _closing_brace(s, 1) == len(s) - 1 and len(parts := _split_top(s[1:-1], ",")) > 1:
+        return "set", parts
     if _bracketed(s) and len(parts := _split_top(s[1:-1], ",")) > 1:
         return s[0] + s[-1], parts
     return ("list", parts) if len(parts := _split_top(s, ",")) > 1 else None
@@ -236,33 +239,65 @@ def _parse(s: str) -> Any:
     return parse(source)
 
 
+_DECIMAL_REL_TOL = Fraction(1, 10**6)
+_DECIMAL_ABS_TOL = Fraction(1, 10**3)  # far below 1/2: no decimal is within tolerance of two integers
+_EXACT_DIGITS = 50
+_EXACT_REL_TOL = Fraction(1, 10**30)  # rounding of a 50-digit evaluation, not a difference in value
+
+
+def _decimal_close(x: Any, y: Any) -> bool:
+    """A written decimal may round its value (0.333333333 for 1/3): equal within one part in a
+    million, never more than 0.001 apart, so a decimal cannot match two different integers."""
+    return bool(abs(x - y) <= min(_DECIMAL_REL_TOL * max(abs(x), abs(y)), _DECIMAL_ABS_TOL))
+
+
 def _sympy_equal(a: str, b: str) -> bool:
+    """Constants compare by value: exact ones exactly (rationals as rationals, others to 30 digits),
+    ones with a written decimal within the decimal tolerance. Expressions that agree at a sample
+    point must then be proven equal by simplify."""
     sympy, _ = _sympy()
     x, y = _parse(a), _parse(b)
     if any(e.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo) for e in (x, y)):
         return False
     symbols = sorted(x.free_symbols | y.free_symbols, key=str)
-    vx, vy = (e.evalf(subs={v: sympy.Rational(k + 5, 7) for k, v in enumerate(symbols)}) for e in (x, y))
+    if not symbols and x.is_Rational and y.is_Rational:
+        return bool(x == y)
+    point = {v: sympy.Rational(k + 5, 7) for k, v in enumerate(symbols)}
+    vx, vy = (e.evalf(_EXACT_DIGITS, subs=point) for e in (x, y))
     finite = bool(vx.is_finite and vy.is_finite)
+    if not symbols:
+        if x.has(sympy.Float) or y.has(sympy.Float):
+            return finite and _decimal_close(vx, vy)
+        return finite and bool(abs(vx - vy) <= _EXACT_REL_TOL * max(abs(vx), abs(vy)))
     if finite and abs(vx - vy) > 1e-6 * max(abs(vx), abs(vy)):
         return False
-    if not symbols:
-        return finite
     return bool(sympy.simplify(x - y) == 0)  # agree at a sample point: now prove it
 
 
+def _same_elements(xs: list[str], ys: list[str]) -> bool:
+    """Set equality: each element of either side equals one of the other, in any order, repeats or not."""
+    return (all(any(_equal_normalized(x, y) for y in ys) for x in xs)
+            and all(any(_equal_normalized(x, y) for x in xs) for y in ys))
+
+
 def _equal_normalized(a: str, b: str) -> bool:
-    """Value equality of normalized answers: numbers exactly, compounds element-wise, else sympy."""
+    """Value equality of normalized answers: integers and fractions exactly, decimals within
+    `_decimal_close`, sets and unions order-free, tuples, intervals, lists and matrices in order,
+    anything else by sympy."""
     if a == b:
         return True
     x, y = _to_number(a), _to_number(b)
     if x is not None and y is not None:
-        return x == y or abs(x - y) <= Fraction(1, 10**6) * max(abs(x), abs(y))
+        return x == y or ("." in a + b and _decimal_close(x, y))
     ca, cb = _compound(a), _compound(b)
-    if ca is not None or cb is not None:
-        return (ca is not None and cb is not None and ca[0] == cb[0] and len(ca[1]) == len(cb[1])
-                and all(_equal_normalized(p, q) for p, q in zip(ca[1], cb[1])))
-    return _sympy_equal(a, b)
+    if ca is None or cb is None:
+        return ca is None and cb is None and _sympy_equal(a, b)
+    if ca[0] != cb[0]:
+        return False
+    xs, ys = [normalize_answer(e) for e in ca[1]], [normalize_answer(e) for e in cb[1]]
+    if ca[0] in ("set", "cup"):
+        return _same_elements(xs, ys)
+    return len(xs) == len(ys) and all(_equal_normalized(p, q) for p, q in zip(xs, ys))
 
 
 def _serve_comparisons(conn: Connection) -> None:

@@ -3,8 +3,9 @@ benchmark sets shipped in `data/` (origin, licenses and checksums in data/SOURCE
 into one shape: a question, its gold answer, and how an answer is graded.
 
 Game of 24 has no answer key: an answer is right when it is an expression that uses the four
-numbers once each and makes 24. The grade-school set is generated from a seed (arithmetic word
-problems whose difficulty is the number of operations), so its answers are known exactly.
+numbers once each and makes 24. The grade-school set (arithmetic word problems whose difficulty is
+the number of operations) and the arithmetic set (bare expressions from easy to impossible for a
+small model) are generated from a seed, so their answers are known exactly.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from typing import Any
 from scheduler_backend.answers import answers_equal, extract_answer
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-DATASETS: tuple[str, ...] = ("gsm8k", "math500", "aime24", "game24", "grade-school")
+DATASETS: tuple[str, ...] = ("gsm8k", "math500", "aime24", "game24", "grade-school", "arithmetic")
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,31 @@ def _grade_school(split: str) -> list[Problem]:
     return grade_school(200, seed=0 if split == "test" else 1)
 
 
-_LOADERS = {"gsm8k": _gsm8k, "math500": _math500, "aime24": _aime24, "game24": _game24, "grade-school": _grade_school}
+def arithmetic(count: int, seed: int = 0, max_level: int = 8) -> list[Problem]:
+    """Bare arithmetic of graded difficulty: level L has L + 1 operands of 1 + L // 2 digits and
+    more multiplications as L grows, so a small model finds the low levels easy, scales with more
+    samples in the middle and cannot do the top ones (the paper's easy, scaling and impossible
+    zones). Answers are exact integers."""
+    rng = random.Random(seed)
+    problems = []
+    for i in range(count):
+        level = 1 + i % max_level
+        digits = 1 + level // 2
+        operands = [rng.randint(10 ** (digits - 1) + 1, 10**digits - 1) for _ in range(level + 1)]
+        ops = [rng.choice("+-*" if rng.random() < level / max_level else "+-") for _ in range(level)]
+        expr = " ".join(f"{a} {op}" for a, op in zip(operands, ops)) + f" {operands[-1]}"
+        exact = _expression_value(expr)
+        assert exact is not None
+        problems.append(Problem("arithmetic", f"{seed}/{i}", f"What is {expr}?", str(exact[0]), level))
+    return problems
+
+
+def _arithmetic(split: str) -> list[Problem]:
+    return arithmetic(200, seed=0 if split == "test" else 1)
+
+
+_LOADERS = {"gsm8k": _gsm8k, "math500": _math500, "aime24": _aime24, "game24": _game24, "grade-school": _grade_school,
+            "arithmetic": _arithmetic}
 
 
 def load(dataset: str, split: str = "test", limit: int | None = None) -> list[Problem]:
@@ -149,7 +174,7 @@ def load(dataset: str, split: str = "test", limit: int | None = None) -> list[Pr
     return _LOADERS[dataset](split)[:limit]
 
 
-def _game24_value(expr: str) -> tuple[Fraction, list[int]] | None:
+def _expression_value(expr: str) -> tuple[Fraction, list[int]] | None:
     """Exact value and the numbers of an arithmetic expression, or None if it is anything else."""
     expr = expr.replace("\\times", "*").replace("×", "*").replace("\\div", "/").replace("÷", "/")
     expr = expr.split("=")[0].strip()
@@ -187,6 +212,6 @@ def is_correct(problem: Problem, answer: str | None) -> bool:
     if answer is None:
         return False
     if problem.dataset == "game24":
-        got = _game24_value(answer)
+        got = _expression_value(answer)
         return got is not None and got[0] == 24 and Counter(got[1]) == Counter(problem.numbers)
     return problem.gold is not None and answers_equal(answer, problem.gold)

@@ -19,6 +19,7 @@ from scheduler_backend.answers import ANSWER_FORMATS
 from scheduler_backend.errors import RequestError
 from scheduler_backend.program import ReasoningProgram
 from scheduler_backend.programs import EFFORTS, CotProbe, Mcts, Rebase, SelfConsistency
+from scheduler_backend.programs.cot_probe import PROBE_SAMPLING
 from scheduler_backend.prompts import PROMPTS
 
 
@@ -31,6 +32,7 @@ class Limits:
     max_question_chars: int = 16384
     max_parallel: int = 16  # samples one step may ask for (round_size, width, children)
     max_depth: int = 32  # reasoning steps of a tree search
+    max_program_tokens: int = 65536  # tokens one program may ask for in all (its factory's `tokens_asked`)
 
 
 @dataclass(frozen=True)
@@ -111,17 +113,26 @@ COMMON_OPTIONS: dict[str, Spec] = {
 }
 
 Builder = Callable[[str, Mapping[str, Any], AllocationPolicy], ReasoningProgram]
+TokensAsked = Callable[[Mapping[str, Any], Limits], int]
+
+
+def budget_times_max_tokens(values: Mapping[str, Any], limits: Limits) -> int:
+    """Most tokens a program whose every knob unit is one generation of max_tokens can spend."""
+    return int(values["budget"]) * int(values.get("max_tokens") or limits.max_tokens)
 
 
 @dataclass(frozen=True)
 class ProgramFactory:
     """How to build one program. `options` adds program options to COMMON_OPTIONS or overrides
     their defaults; a common option mapped to None is not accepted by this program. `build` gets
-    every option validated, with its default filled in, and the allocation policy."""
+    every option validated, with its default filled in, and the allocation policy. `tokens_asked`
+    bounds the tokens a request's options can make the program spend (checked against
+    Limits.max_program_tokens before it runs)."""
 
     name: str
     build: Builder
     options: Mapping[str, Spec | None] = field(default_factory=dict)
+    tokens_asked: TokensAsked = budget_times_max_tokens
 
     def specs(self) -> dict[str, Spec]:
         merged = {**COMMON_OPTIONS, **self.options}
@@ -222,6 +233,10 @@ def create(name: str, question: str, options: Mapping[str, Any], limits: Limits 
             raise RequestError(f"options.{key}: unknown option for {name}; known: {', '.join(sorted(specs))}")
     values = {k: spec.check(f"options.{k}", options[k], limits) if k in options else spec.default
               for k, spec in specs.items()}
+    asked = factory.tokens_asked(values, limits)
+    if asked > limits.max_program_tokens:
+        raise RequestError(f"options.budget: with these options {name} may generate up to {asked} tokens; this server "
+                           f"allows {limits.max_program_tokens} per program (lower budget or max_tokens)")
     policy = _policy(values, options)
     try:
         return factory.build(question, values, policy)
@@ -248,7 +263,7 @@ register("mcts", ProgramFactory("mcts", Mcts.from_options, {
     "max_depth": Int(6, hi="max_depth"),
     "rollout_tokens": Int(384, hi="max_tokens"),
     "exploration": Float(1.0, 0.0, 10.0),
-}))
+}, tokens_asked=lambda v, limits: v["budget"] * (v["children"] * v["max_tokens"] + v["rollout_tokens"])))
 register("cot-probe", ProgramFactory("cot-probe", CotProbe.from_options, {
     "budget": Int(32, hi="max_budget"),
     "max_tokens": None,
@@ -259,4 +274,4 @@ register("cot-probe", ProgramFactory("cot-probe", CotProbe.from_options, {
     "effort": Choice("mid", tuple(EFFORTS)),
     "window": Int(None, hi="max_budget", nullable=True),
     "chunk_tokens": Int(None, hi="max_tokens", nullable=True),
-}))
+}, tokens_asked=lambda v, limits: v["budget"] * ((v["chunk_tokens"] or EFFORTS[v["effort"]][1]) + PROBE_SAMPLING.max_tokens)))

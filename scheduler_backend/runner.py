@@ -42,7 +42,7 @@ class ProgramRunner:
     """One per engine; `run()` is called once per program, concurrently."""
 
     def __init__(self, engine: Engine, scheduler: Scheduler, clock: Callable[[], float] = time.monotonic,
-                 tokens_per_unit_prior: float = 256.0, progress_interval_s: float | None = 2.0):
+                 tokens_per_unit_prior: float = 256.0, progress_interval_s: float | None = 1.0):
         self.engine = engine
         self.scheduler = scheduler
         self.clock = clock

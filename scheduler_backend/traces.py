@@ -5,7 +5,7 @@ anywhere; self-consistency traces keep every sample (answer, tokens, correctness
 also reorder them. No generated text is kept: traces stay small enough to commit.
 
 One JSON object per line (TRACE_FORMAT):
-  {"format", "id", "program", "question", "gold", "budget", "options", "stop_reason", "correct",
+  {"format", "id", "program", "question", "gold", "level", "budget", "options", "stop_reason", "correct",
    "samples": [{"answer", "tokens", "finish_reason", "correct"}, ...],   # generation steps' samples
    "rewards": [[score, ...], ...],                                       # reward-model steps
    "history": [{"steps", "certaindex", "answer", "tokens_used", "correct"}, ...]}  # after each step
@@ -25,7 +25,7 @@ from tqdm import tqdm
 from scheduler_backend.allocation import UniformPolicy
 from scheduler_backend.answers import answers_equal
 from scheduler_backend.errors import RequestError
-from scheduler_backend.program import ProgramState, StepResult
+from scheduler_backend.program import ProgramState, StepResult, StopReason
 from scheduler_backend.programs.base import PolicyProgram, sample_answer
 from scheduler_backend.registry import create
 from scheduler_backend.runner import ProgramRunner
@@ -140,14 +140,15 @@ def read_traces(path: str | Path) -> list[dict[str, Any]]:
 async def record(engine: Any, program: str, records: Iterable[Mapping[str, Any]], options: dict[str, Any],
                  output: str | Path, concurrency: int = 8) -> int:
     """Append one trace per record ({'id', 'question', 'gold'}) to `output` as each program ends;
-    records whose id is already there are skipped, so an interrupted recording resumes. Returns
-    how many traces were written now."""
+    records whose id is already there are skipped, so an interrupted recording resumes. A program
+    the engine failed is not written, and the run then raises. Returns how many were written."""
     output = Path(output)
     done = {t["id"] for t in read_traces(output)}
     todo = [r for r in records if r["id"] not in done]
     runner = ProgramRunner(engine, Scheduler(max_running=concurrency), progress_interval_s=None)
     bar = tqdm(total=len(todo), desc=f"record {program}", unit="prog")
     answer_format = str(options.get("answer_format", "auto"))
+    failed: list[str] = []
 
     async def one(rec: Mapping[str, Any], sink: Any) -> None:
         gold = rec.get("gold")
@@ -169,16 +170,22 @@ async def record(engine: Any, program: str, records: Iterable[Mapping[str, Any]]
         prog.allocate(UniformPolicy())  # never stops early: the trace sees every step
         final = await runner.run(f"trace-{rec['id']}", prog, on_progress=lambda s: history.append(_history_entry(s, gold)),
                                  on_result=took)
+        bar.update(1)
+        if final.stop_reason is StopReason.ERROR:  # not a trace of the program: left for a resumed run
+            failed.append(f"{rec['id']}: {final.extra.get('error', 'engine error')}")
+            return
         trace = {"format": TRACE_FORMAT, "id": rec["id"], "program": program, "question": rec["question"], "gold": gold,
+                 "level": rec.get("level"),
                  "budget": prog.budget, "options": options, "stop_reason": final.stop_reason,
                  "correct": is_right(final.answer, gold), "samples": samples, "rewards": rewards, "history": history}
         sink.write(json.dumps(trace) + "\n")
         sink.flush()
-        bar.update(1)
 
     try:
         with output.open("a") as sink:
             await asyncio.gather(*(one(r, sink) for r in todo))
     finally:
         bar.close()
+    if failed:
+        raise RuntimeError(f"{len(failed)} programs failed and were not written (run again to resume): {failed[0]}")
     return len(todo)

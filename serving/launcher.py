@@ -239,6 +239,9 @@ def start_server(
         f"--grpc-port={grpc_port}",
         f"--metrics-port={metrics_port}",
         "--allow-metrics=true",
+        # The client id header reaches `dynasor` as a request parameter (max_programs_per_client).
+        "--http-header-forward-pattern=dynasor-client-id",
+        "--grpc-header-forward-pattern=dynasor-client-id",
         # Decoupled BLS calls each hold a backend thread while they stream (pitfall 9).
         "--backend-config=python,thread-pool-size=64",
         *(extra_args or []),

@@ -2,8 +2,10 @@
 solution by UCT, expands it by one step (`children` samples), rolls the first child out to a full
 solution, scores that with the reward model and backpropagates the reward.
 
-Answer: reward-weighted majority over the rollouts. Certaindex: the value (mean reward) of the
-best path's first move, i.e. the root child MCTS would commit to (most visited, then best value).
+Answer: reward-weighted majority over the rollouts' answers; a rollout cut by its token limit
+answers only if it already stated a final answer (`sample_answer`), never by an intermediate
+number. Certaindex: the value (mean reward) of the best path's first move, i.e. the root child
+MCTS would commit to (most visited, then best value).
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from scheduler_backend.allocation import AllocationPolicy
-from scheduler_backend.answers import extract_answer, majority_answer
+from scheduler_backend.answers import majority_answer
 from scheduler_backend.engine import SamplingSpec
 from scheduler_backend.program import GenerateStep, ScoreStep, Step, StepResult
 from scheduler_backend.programs.base import (
@@ -22,6 +24,7 @@ from scheduler_backend.programs.base import (
     ends_solution,
     extend,
     require_positive,
+    sample_answer,
     sampling_from,
 )
 
@@ -32,6 +35,7 @@ class _Node:
     parent: _Node | None = None
     depth: int = 0
     terminal: bool = False  # a whole solution (or at max depth): scored once, never expanded
+    finish_reason: str | None = None  # how the step that made this node ended
     children: list[_Node] = field(default_factory=list)
     visits: int = 0
     value: float = 0.0  # sum of rewards backpropagated through this node
@@ -73,6 +77,7 @@ class Mcts(PolicyProgram):
         self._next: Step | None = None  # the iteration's next phase, once the previous one is back
         self._node: _Node | None = None  # the node the outstanding step is about
         self._text = ""  # the rollout being scored
+        self._rollout_finish: str | None = None  # how the rollout's last generation ended
 
     @classmethod
     def from_options(cls, question: str, o: Mapping[str, Any], policy: AllocationPolicy) -> Mcts:
@@ -110,7 +115,7 @@ class Mcts(PolicyProgram):
     def _rollout(self, node: _Node) -> Step:
         self._node = node
         if node.terminal:
-            self._text = node.text
+            self._text, self._rollout_finish = node.text, node.finish_reason
             return ScoreStep(f"i{self.iterations}:score", self.question, (node.text,))
         messages = self.solve_messages(node.text)
         return GenerateStep(f"i{self.iterations}:rollout", self.rollout_sampling, messages)
@@ -123,11 +128,12 @@ class Mcts(PolicyProgram):
         if kind == "expand":
             for s in result.samples:
                 child = _Node(extend(node.text, s.text, s.finish_reason), node, node.depth + 1,
-                              terminal=ends_solution(s.text, s.finish_reason))
+                              terminal=ends_solution(s.text, s.finish_reason), finish_reason=s.finish_reason)
                 node.children.append(child)
             self._next = self._rollout(node.children[0] if node.children else node)
         elif kind == "rollout":
             self._text = node.text + "".join(s.text for s in result.samples)
+            self._rollout_finish = result.samples[-1].finish_reason if result.samples else node.finish_reason
             self._next = ScoreStep(f"i{self.iterations}:score", self.question, (self._text,))
         else:
             self._backpropagate(node, result.scores[0] if result.scores else 0.0)
@@ -135,7 +141,7 @@ class Mcts(PolicyProgram):
     def _backpropagate(self, node: _Node, reward: float) -> None:
         if node.depth >= self.max_depth:
             node.terminal = True  # never expanded: its one rollout is all it gets
-        self.rollouts.append((extract_answer(self._text, self.answer_format), reward))
+        self.rollouts.append((sample_answer(self._text, self._rollout_finish, self.answer_format), reward))
         self.iterations += 1
         walk: _Node | None = node
         while walk is not None:

@@ -3,6 +3,9 @@ live partial solution by one step, scores the new partial solutions with the rew
 spreads the next depth's expansions over them in proportion to softmax(score / T), so promising
 branches get more children and weak ones die without being pruned by a hard beam.
 
+A solution whose last step was cut by the token limit answers only if it already stated a final
+answer (`sample_answer`), never by the last number of its unfinished text.
+
 Certaindex = weighted_agreement(finished answers, their rewards) x the best finished reward: high
 only when finished solutions agree *and* the reward model believes them; 0 before any finishes.
 """
@@ -14,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from scheduler_backend.allocation import AllocationPolicy
-from scheduler_backend.answers import extract_answer, majority_answer
+from scheduler_backend.answers import majority_answer
 from scheduler_backend.certaindex import reward_certaindex, weighted_agreement
 from scheduler_backend.engine import SamplingSpec
 from scheduler_backend.program import GenerateStep, ScoreStep, Step, StepResult
@@ -24,6 +27,7 @@ from scheduler_backend.programs.base import (
     ends_solution,
     extend,
     require_positive,
+    sample_answer,
     sampling_from,
 )
 
@@ -33,6 +37,11 @@ class _Candidate:
     text: str
     score: float = 1.0
     answer: str | None = None
+    finish_reason: str | None = None  # how its last step ended
+
+    def final_answer(self, fmt: str) -> str | None:
+        """Its answer by `sample_answer`'s rule: text cut by the token limit needs a stated one."""
+        return sample_answer(self.text, self.finish_reason, fmt)
 
 
 def allocate(scores: list[float], total: int, temperature: float, cap: int) -> list[int]:
@@ -106,7 +115,7 @@ class Rebase(PolicyProgram):
             parent = self._parents.pop(result.key)
             self.received += len(result.samples)
             for s in result.samples:
-                child = _Candidate(extend(parent.text, s.text, s.finish_reason))
+                child = _Candidate(extend(parent.text, s.text, s.finish_reason), finish_reason=s.finish_reason)
                 self._new.append((child, ends_solution(s.text, s.finish_reason)))
             return
         self._scoring = False
@@ -115,7 +124,7 @@ class Rebase(PolicyProgram):
         for (child, final), score in zip(self._new, result.scores):
             child.score = score
             if final:
-                child.answer = extract_answer(child.text, self.answer_format)
+                child.answer = child.final_answer(self.answer_format)
                 self.finished.append(child)
             else:
                 self.live.append(child)
@@ -133,7 +142,7 @@ class Rebase(PolicyProgram):
         if self.finished:
             answers = [c.answer for c in self.finished]
         else:
-            answers = [extract_answer(c.text, self.answer_format) for c in self.live]
+            answers = [c.final_answer(self.answer_format) for c in self.live]
         pool = self.finished or self.live
         return majority_answer(answers, weights=[c.score for c in pool])[0]
 

@@ -29,9 +29,12 @@ def _repository_with_contract_model(dest: Path) -> Path:
 def server(tmp_path_factory):
     if not (MODELS_DIR / TEST_MODEL).is_dir():
         pytest.fail(f"models/{TEST_MODEL} is missing: run `make setup` first")
-    # The project's defaults, as a user gets them: the engine settings follow this machine.
+    # The project's defaults, as a user gets them (the engine settings follow this machine), except
+    # eager: the plumbing tests do not pay torch.compile's start on every server they start.
     repository = _repository_with_contract_model(tmp_path_factory.mktemp("repo") / "model_repository")
-    srv = start_server(model_repository=repository, policy_model=TEST_MODEL)
+    # One operator limit set low, so test_faults can reach it with two programs.
+    srv = start_server(model_repository=repository, policy_model=TEST_MODEL, dynasor_parameters={"max_programs_per_client": "2"},
+                       engine_overrides={"enforce_eager": True})
     try:
         srv.wait_ready(timeout_s=600)
     except BaseException:

@@ -6,6 +6,8 @@ import time
 
 import psutil
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from scheduler_backend.answers import (
     ANSWER_FORMATS,
@@ -122,6 +124,8 @@ def test_extract_probe_answer_stops_at_the_first_unmatched_brace(text, expected)
     ("90^\\circ", "90"), ("\\text{Evelyn}", "Evelyn"), ("\\dfrac{1}{2}", "\\frac{1}{2}"), ("\\tfrac12", "\\frac12"),
     ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})"), ("025", "25"), ("5.0", "5"), ("0.50", "0.5"),
     ("7.", "7"), ("x = 5", "5"), ("\\cot x", "\\cot x"), ("(2,12) \\cup (12,102)", "(2,12)\\cup(12,102)"),
+    ("12345678901234567890123456789012.50", "12345678901234567890123456789012.5"),  # past Decimal's 28 digits
+    ("\\{2, 1\\}", "\\{2,1\\}"), ("{2, 1}", "{2,1}"),
 ])
 def test_normalize_answer(raw, expected):
     assert normalize_answer(raw) == expected
@@ -136,6 +140,9 @@ def test_normalize_answer(raw, expected):
     ("\\left[ \\frac{\\pi^2}{8}, \\frac{5 \\pi^2}{4} \\right]", "[\\pi^2/8, 5\\pi^2/4]"),
     ("\\begin{pmatrix} 1/5 \\\\ -18/5 \\end{pmatrix}", "\\begin{pmatrix} \\frac{1}{5} \\\\ -\\frac{18}{5} \\end{pmatrix}"),
     ("(-\\infty, 2) \\cup (3, \\infty)", "(-\\infty,2)\\cup(3,\\infty)"),
+    ("3", "3.00"), ("10^6", "1000000"), ("\\pi", "3.14159"), ("\\sqrt{3+2\\sqrt{2}}", "1+\\sqrt{2}"),
+    ("1000000.0005", "1000000"), ("\\{1,2\\}", "\\{2,1\\}"), ("\\{1, 2\\}", "{2, 1}"), ("\\{1,2,2\\}", "\\{2,1\\}"),
+    ("\\{\\frac{1}{2}, 3\\}", "\\{3, 0.5\\}"), ("(1, 2) \\cup (3, 4)", "(3, 4) \\cup (1, 2)"), ("(1.0, 2)", "(1, 2)"),
 ])
 def test_equal_answers(a, b):
     assert answers_equal(a, b)
@@ -146,9 +153,96 @@ def test_equal_answers(a, b):
     ("3", "4"), ("0.5", "0.51"), ("\\sqrt{8}", "3\\sqrt{2}"), ("(3, 4)", "(4, 3)"), ("[2, 7]", "(2, 7)"),
     ("(1, 2)", "(1, 2, 3)"), ("\\frac{1}{0}", "0"), ("\\text{east}", "\\text{tesa}"), ("x + 1", "x + 2"),
     ("\\text{(B)}", "\\text{(C)}"),
+    ("1000000", "1000001"), ("10^6", "1000001"), ("2^{100}", "2^{100}+1"), ("999999.5", "1000000"),
+    ("999999.5", "999999"), ("1000000.002", "1000000"), ("\\sqrt{10^{12}+1}", "1000000"), ("2.5 \\cdot 2", "6"),
+    ("12345678901234567890123456789012.0", "12345678901234567890123456790000"),
+    ("\\{1,2\\}", "\\{1,2,3\\}"), ("\\{1,2\\}", "(1,2)"), ("\\{1,2\\}", "1, 2"), ("(1,2) \\cup (3,4)", "(1,2) \\cup (3,5)"),
 ])
 def test_different_answers(a, b):
     assert not answers_equal(a, b)
+    assert not answers_equal(b, a)
+
+
+# --- properties over generated answers ------------------------------------------------------------
+
+_INTEGERS = st.integers(min_value=-10**40, max_value=10**40)
+_SMALL = st.integers(min_value=-50, max_value=50)
+
+
+def _spellings(n: int) -> list[str]:
+    """Ways a solution writes the integer n."""
+    return [str(n), f"{n:,}", f"{n}.0", f"{n:,}.000", f"${n}$", f"{n} apples", f"\\frac{{{3 * n}}}{{3}}"]
+
+
+def _decimal(value: int, places: int) -> str:
+    """value / 10**places written out with `places` digits after the point."""
+    digits = str(abs(value)).rjust(places + 1, "0")
+    return ("-" if value < 0 else "") + digits[:-places] + "." + digits[-places:]
+
+
+_ANSWERS = st.one_of(
+    _INTEGERS.flatmap(lambda n: st.sampled_from(_spellings(n))),
+    st.builds(_decimal, st.integers(-10**12, 10**12), st.integers(1, 8)),
+    st.builds(lambda p, q: f"{p}/{q}", _SMALL, st.integers(1, 12)),
+    st.builds(lambda p, q: f"\\frac{{{p}}}{{{q}}}", _SMALL, st.integers(1, 12)),
+    st.lists(_SMALL, min_size=1, max_size=4).map(lambda xs: "\\{" + ", ".join(map(str, xs)) + "\\}"),
+    st.lists(_SMALL, min_size=2, max_size=4).map(lambda xs: "(" + ", ".join(map(str, xs)) + ")"),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_INTEGERS, st.integers(-3, 3), st.data())
+def test_distinct_integers_are_never_equal_however_written(n, offset, data):
+    m = n + offset if offset else data.draw(_INTEGERS)  # neighbours and far-apart pairs alike
+    assume(m != n)
+    a, b = data.draw(st.sampled_from(_spellings(n))), data.draw(st.sampled_from(_spellings(m)))
+    assert not answers_equal(a, b), (a, b)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_INTEGERS, st.data())
+def test_an_integer_equals_itself_written_as_a_decimal_or_with_commas(n, data):
+    assert answers_equal(str(n), data.draw(st.sampled_from(_spellings(n))))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(-10**15, 10**15), st.integers(1, 9), st.integers(1, 12))
+def test_a_decimal_equals_at_most_one_integer(n, fraction, places):
+    """The decimal tolerance never bridges two integers, so a decimal cannot merge their votes."""
+    near = _decimal(n * 10**places + (fraction if n >= 0 else -fraction), places)
+    matches = [k for k in (n - 1, n, n + 1) if answers_equal(near, str(k))]
+    assert matches in ([], [n]), (near, matches)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_ANSWERS, _ANSWERS)
+def test_equality_is_reflexive_and_symmetric(a, b):
+    assert answers_equal(a, a)
+    assert answers_equal(a, b) == answers_equal(b, a), (a, b)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_SMALL, min_size=1, max_size=6), st.randoms(use_true_random=False), st.booleans())
+def test_set_equality_ignores_order_and_repeats(elements, rnd, braces_escaped):
+    shuffled = elements + rnd.sample(elements, k=rnd.randint(0, len(elements)))  # some repeated
+    rnd.shuffle(shuffled)
+    a = "\\{" + ", ".join(map(str, elements)) + "\\}"
+    b = ("\\{%s\\}" if braces_escaped or len(shuffled) < 2 else "{%s}") % ", ".join(map(str, shuffled))
+    assert answers_equal(a, b), (a, b)
+    missing = max(elements) + 1
+    assert not answers_equal(a, "\\{" + ", ".join(map(str, shuffled + [missing])) + "\\}")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_SMALL, min_size=2, max_size=6), st.data(), st.sampled_from(["()", "[]", "(]", "[)"]))
+def test_tuples_and_intervals_are_ordered(elements, data, brackets):
+    i, j = sorted(data.draw(st.lists(st.integers(0, len(elements) - 1), min_size=2, max_size=2, unique=True)))
+    assume(elements[i] != elements[j])
+    swapped = list(elements)
+    swapped[i], swapped[j] = swapped[j], swapped[i]
+    a, b = (brackets[0] + ", ".join(map(str, xs)) + brackets[1] for xs in (elements, swapped))
+    assert answers_equal(a, brackets[0] + ",".join(map(str, elements)) + brackets[1])
+    assert not answers_equal(a, b), (a, b)
 
 
 def test_none_never_equals_anything():
@@ -183,6 +277,12 @@ def test_cluster_answers_groups_equal_values_largest_first():
     assert cluster_answers(["b", "a", "a", "b"]) == [[0, 3], [1, 2]]
     assert cluster_answers([None, None]) == []
     assert cluster_answers([]) == []
+
+
+def test_cluster_answers_keeps_distinct_integers_and_ordered_pairs_apart_and_sets_together():
+    answers = ["1000000", "1000001", "1,000,000", "(1,2)", "(2,1)", "\\{1,2\\}", "{2, 1}", "1000000.0"]
+    assert cluster_answers(answers) == [[0, 2, 7], [5, 6], [1], [3], [4]]
+    assert majority_answer(["\\{3,4\\}", "\\{4,3\\}", "(3,4)", "(4,3)", "(4,3)"]) == ("\\{3,4\\}", 0.4)
 
 
 def test_majority_answer_counts_missing_answers_in_the_total():

@@ -27,13 +27,23 @@ def test_every_data_file_matches_its_checksum_in_sources():
 
 def test_every_set_loads_with_answers_that_grade():
     sizes = {name: len(load(name)) for name in DATASETS}
-    assert sizes == {"gsm8k": 1319, "math500": 500, "aime24": 30, "game24": 100, "grade-school": 200}
+    assert sizes == {"gsm8k": 1319, "math500": 500, "aime24": 30, "game24": 100, "grade-school": 200, "arithmetic": 200}
     assert load("gsm8k")[0].gold == "18" and load("aime24")[0].gold == "204"
-    for name in ("gsm8k", "math500", "aime24", "grade-school"):
+    for name in ("gsm8k", "math500", "aime24", "grade-school", "arithmetic"):
         problem = load(name, limit=1)[0]
         assert is_correct(problem, problem.gold) and not is_correct(problem, "-12345")
     with pytest.raises(ValueError, match="split"):
         load("math500", "train")
+
+
+def test_arithmetic_levels_grow_from_easy_to_impossible_with_exact_answers():
+    problems = load("arithmetic")
+    assert {p.level for p in problems} == set(range(1, 9))
+    for p in problems[:16]:
+        assert p.gold == str(eval(p.question.removeprefix("What is ").removesuffix("?")))  # exact big integers
+    lengths = {level: max(len(p.question) for p in problems if p.level == level) for level in (1, 8)}
+    assert lengths[8] > 3 * lengths[1]
+    assert [p.question for p in load("arithmetic", "train")[:8]] != [p.question for p in problems[:8]]
 
 
 def test_game24_answers_are_checked_as_expressions():

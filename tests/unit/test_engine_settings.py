@@ -1,5 +1,6 @@
 """Engine settings follow the machine: bf16 only where the CPU computes it natively, every core
-computing on a small machine, eager on CPU; whatever model.json or the environment says wins."""
+computing on a small machine, torch.compile (its cache warmed at set-up); whatever model.json or the
+environment says wins."""
 from __future__ import annotations
 
 from engines.engine_settings import choose_engine_settings, cpu_flags, cpu_model
@@ -13,6 +14,12 @@ def test_cpu_without_native_bf16_gets_float32_and_with_it_bf16():
     assert choose_engine_settings({}, gpu=False, flags=ZEN4, cores=2, environ={}).engine_args["dtype"] == "bfloat16"
     amx = choose_engine_settings({}, gpu=False, flags=AVX2 | {"amx_bf16"}, cores=2, environ={})
     assert amx.engine_args["dtype"] == "bfloat16" and "amx_bf16" in amx.describe()
+
+
+def test_cpu_engines_compile_unless_told_to_run_eager():
+    chosen = choose_engine_settings({}, gpu=False, flags=ZEN4, cores=2, environ={})
+    assert chosen.engine_args["enforce_eager"] is False and "enforce_eager=false" in chosen.describe()
+    assert choose_engine_settings({"enforce_eager": True}, gpu=False, flags=ZEN4, cores=2, environ={}).engine_args["enforce_eager"] is True
 
 
 def test_explicit_settings_are_kept():

@@ -223,6 +223,58 @@ def test_mcts_runs_to_its_iteration_cap_when_never_certain():
     assert rollouts and all(c.sampling.max_tokens == program.rollout_sampling.max_tokens for c in rollouts)
 
 
+# --- rebase and mcts: text cut by the token limit -------------------------------------------------
+
+# 14 words: cut at 12, the text ends on the intermediate "5" (the old last-number answer).
+_LONG = "Tom had 2 apples, then 2 + 3 = 5 apples, and he eats one. \\boxed{4}"
+
+
+def _mcts_rollouts(rollout: str, rollout_tokens: int) -> Mcts:
+    engine = ScriptedEngine(lambda call, i: "Let me think." if call.sampling.stop else rollout, lambda q, c: 0.5)
+    program = Mcts(QUESTION, 4, ThresholdPolicy(), sampling=SAMPLING, children=2, max_depth=3,
+                   rollout_tokens=rollout_tokens)
+    drive(program, engine)
+    return program
+
+
+def test_mcts_rollouts_cut_by_the_token_limit_vote_only_with_a_stated_answer():
+    cut = _mcts_rollouts(_LONG, rollout_tokens=12)
+    assert len(cut.rollouts) == 4 and [a for a, _ in cut.rollouts] == [None] * 4
+    assert cut.state().answer is None
+    whole = _mcts_rollouts(_LONG, rollout_tokens=64)
+    assert whole.state().answer == "4"
+    stated = _mcts_rollouts("So \\boxed{5}, which I now check: 2 + 3 = 5, then 5 - 1 = 4 and", rollout_tokens=12)
+    assert [a for a, _ in stated.rollouts] == ["5"] * 4
+
+
+def test_mcts_scores_a_step_that_states_its_answer_before_the_cut_as_that_answer():
+    engine = ScriptedEngine(lambda call, i: "so \\boxed{5} and 5 + 1 = 6 and more words" if call.sampling.stop else "",
+                            lambda q, c: 0.5)
+    program = Mcts(QUESTION, 3, ThresholdPolicy(), sampling=SamplingSpec(max_tokens=6), children=1, max_depth=3)
+    drive(program, engine)
+    assert program.rollouts == [("5", 0.5)]  # scored once as the whole solution, which ends the search
+    [child] = program.root.children
+    assert child.terminal and child.text == "so \\boxed{5} and 5 + 1"
+
+
+def _rebase_one_step(step: str, max_tokens: int) -> Rebase:
+    engine = ScriptedEngine(lambda call, i: step, lambda q, c: 0.5)
+    program = Rebase(QUESTION, 8, ThresholdPolicy(), sampling=SamplingSpec(max_tokens=max_tokens), width=2,
+                     max_depth=1)
+    drive(program, engine)
+    return program
+
+
+def test_rebase_never_answers_with_the_last_number_of_a_cut_step():
+    cut = _rebase_one_step(_LONG, max_tokens=12)
+    assert not cut.finished and len(cut.live) == 2 and all(c.text.endswith("= 5 apples, and") for c in cut.live)
+    assert cut.state().answer is None
+    ended = _rebase_one_step("Tom had 2 apples, then 2 + 3 = 5 apples.\n\nand then", max_tokens=12)
+    assert not ended.finished and ended.state().answer == "5"  # a whole step's result is still a best guess
+    stated = _rebase_one_step("The answer is \\boxed{5} because 2 + 3 = 5 and 6 - 1 = 5 too", max_tokens=8)
+    assert [c.answer for c in stated.finished] == ["5", "5"] and stated.state().answer == "5"
+
+
 # --- cot-probe ------------------------------------------------------------------------------------
 
 THOUGHT = " ".join(f"w{i}" for i in range(400))

@@ -7,7 +7,6 @@ responses, watches for cancellation and exports metrics. The runner lives on an 
 its own thread; `execute` only hands requests to that loop.
 """
 import asyncio
-import json
 import locale
 import threading
 import traceback
@@ -18,7 +17,7 @@ locale.setlocale(locale.LC_ALL, "C.UTF-8")  # the stub's interpreter prefers ASC
 
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
-from program_request import parse_program_request  # noqa: E402
+from program_request import CancelRequest, parse_program_request  # noqa: E402
 
 from engines.triton_bls import STUB_LOCK, BlsEngine  # noqa: E402
 from scheduler_backend.engine import Engine  # noqa: E402
@@ -27,20 +26,28 @@ from scheduler_backend.program import ProgramState, StopReason  # noqa: E402
 from scheduler_backend.registry import Limits, load_plugins  # noqa: E402
 from scheduler_backend.runner import ProgramRunner  # noqa: E402
 from scheduler_backend.scheduler import Scheduler, SchedulingPolicy  # noqa: E402
-from serving.triton_model import Metrics, parameters, scalar_input, send_error  # noqa: E402
+from serving.door_json import dump_json, parse_json  # noqa: E402
+from serving.reaper import start_reaper  # noqa: E402
+from serving.triton_model import Metrics, parameters, scalar_input, send_error, text  # noqa: E402
 
 _CERTAINDEX_BUCKETS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0]
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        self._reaper = start_reaper()  # nothing of this stub outlives it or the server
         p = parameters(args)
         self.default_program = p.get("default_program", "self-consistency")
         self.limits = Limits(
             max_budget=int(p.get("max_budget", "64")),
             max_tokens=int(p.get("max_tokens", "2048")),
             max_question_chars=int(p.get("max_question_chars", "16384")),
+            max_program_tokens=int(p.get("max_program_tokens", "65536")),
         )
+        self.max_programs_in_flight = int(p.get("max_programs_in_flight", "256"))
+        self.max_programs_per_client = int(p.get("max_programs_per_client", "32"))
+        self._per_client: dict[str, int] = {}
+        self._programs: dict[str, str] = {}  # program id -> runner pid, for cancel_program
         self.max_deadline_s = float(p.get("max_deadline_s", "3600"))
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.calibration_dir = version_dir / p.get("calibration_dir", "calibrations")
@@ -91,7 +98,19 @@ class TritonPythonModel:
             req = self._parse(request, sender)
             if req is None:
                 return
-            pid = f"{request.request_id() or 'program'}-{uuid.uuid4().hex[:8]}"
+            if isinstance(req, CancelRequest):
+                self._cancel_program(req.program_id, sender)
+                return
+            refusal = self._over_limit(req.client_id)
+            if refusal:
+                self.metrics.count("dynasor_programs_total", {"stop_reason": "refused"})
+                send_error(sender, refusal, pb_utils.TritonError.UNAVAILABLE)
+                return
+            program_id = uuid.uuid4().hex
+            pid = f"{request.request_id() or 'program'}-{program_id[:8]}"
+            self._programs[program_id] = pid
+            if req.client_id is not None:
+                self._per_client[req.client_id] = self._per_client.get(req.client_id, 0) + 1
             self.in_flight.increment(1)
         watcher = asyncio.ensure_future(self._watch_cancel(sender, pid))
 
@@ -99,7 +118,7 @@ class TritonPythonModel:
             if req.progress and not state.done:
                 with STUB_LOCK:
                     if not sender.is_cancelled():
-                        sender.send(_response(state))
+                        sender.send(_response(state, program_id))
 
         try:
             state = await self.runner.run(pid, req.program, req.deadline_s, progress)
@@ -107,6 +126,11 @@ class TritonPythonModel:
             watcher.cancel()
             with STUB_LOCK:
                 self.in_flight.increment(-1)
+                del self._programs[program_id]
+                if req.client_id is not None:
+                    self._per_client[req.client_id] -= 1
+                    if not self._per_client[req.client_id]:
+                        del self._per_client[req.client_id]
         with STUB_LOCK:
             _record(self.metrics, state, req.program_name, req.deadline_s)
             if state.stop_reason is StopReason.CANCELLED and sender.is_cancelled():
@@ -114,17 +138,38 @@ class TritonPythonModel:
             elif state.stop_reason is StopReason.ERROR:
                 send_error(sender, f"program failed: {state.extra.get('error', 'engine error')}", pb_utils.TritonError.UNAVAILABLE)
             else:
-                sender.send(_response(state), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                sender.send(_response(state, program_id), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def _over_limit(self, client_id: str | None) -> str:
+        """Why a new program is refused under the operator's limits, or "" (under STUB_LOCK)."""
+        if len(self._programs) >= self.max_programs_in_flight:
+            return (f"server busy: {len(self._programs)} programs in flight, at most {self.max_programs_in_flight} "
+                    "(config.pbtxt max_programs_in_flight); retry later")
+        held = self._per_client.get(client_id, 0) if client_id is not None else 0
+        if held >= self.max_programs_per_client:
+            return (f"client_id {client_id!r} has {held} programs in flight, at most {self.max_programs_per_client} "
+                    "(config.pbtxt max_programs_per_client); wait for one to finish")
+        return ""
+
+    def _cancel_program(self, program_id: str, sender) -> None:
+        """A `cancel_program` request: the way an HTTP client stops a program it started."""
+        pid = self._programs.get(program_id)
+        if pid is None:
+            send_error(sender, f"cancel_program: no program {program_id!r} in flight", pb_utils.TritonError.NOT_FOUND)
+            return
+        self._loop.call_soon_threadsafe(self.runner.cancel, pid)
+        state = ProgramState(None, 0.0, 0, 0, 0, True, StopReason.CANCELLED, {"cancelled": program_id})
+        sender.send(_response(state, program_id), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     def _parse(self, request, sender):
-        """The validated program request, or None after answering with an error naming the field.
-        Called under STUB_LOCK: it reads the request's tensors."""
+        """The validated program request, a program id to cancel, or None after answering with an
+        error naming the field. Called under STUB_LOCK: it reads the request's tensors."""
         try:
             return parse_program_request(
                 scalar_input(request, "text_input"),
                 scalar_input(request, "program"),
                 scalar_input(request, "options"),
-                json.loads(request.parameters() or "{}"),
+                parse_json(text(request.parameters() or "{}", "parameters"), "parameters"),
                 default_program=self.default_program,
                 limits=self.limits,
                 max_deadline_s=self.max_deadline_s,
@@ -156,8 +201,8 @@ class TritonPythonModel:
         self.engine.shutdown()
 
 
-def _response(state: ProgramState):
-    details = {"budget": state.budget, **state.extra}
+def _response(state: ProgramState, program_id: str):
+    details = {"budget": state.budget, "program_id": program_id, **state.extra}
     tensors = [
         pb_utils.Tensor("answer", np.array([(state.answer or "").encode()], dtype=np.object_)),
         pb_utils.Tensor("certaindex", np.array([state.certaindex], dtype=np.float32)),
@@ -165,7 +210,7 @@ def _response(state: ProgramState):
         pb_utils.Tensor("stop_reason", np.array([(state.stop_reason.value if state.stop_reason else "").encode()], dtype=np.object_)),
         pb_utils.Tensor("tokens_used", np.array([state.tokens_used], dtype=np.int64)),
         pb_utils.Tensor("steps", np.array([state.steps], dtype=np.int32)),
-        pb_utils.Tensor("progress", np.array([json.dumps(details).encode()], dtype=np.object_)),
+        pb_utils.Tensor("progress", np.array([dump_json(details).encode()], dtype=np.object_)),
     ]
     return pb_utils.InferenceResponse(output_tensors=tensors)
 

@@ -7,7 +7,6 @@ calibration) and hands the rest to the program registry, which validates them pe
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping
@@ -19,11 +18,16 @@ from scheduler_backend.allocation import load_policy, policy_to_dict
 from scheduler_backend.errors import RequestError
 from scheduler_backend.program import ReasoningProgram
 from scheduler_backend.registry import Limits, create
+from serving.door_json import parse_json
 from serving.triton_model import text
 
 _CALIBRATION_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # Request parameters Triton or its clients set on their own; they are not program options.
 _TRANSPORT_PARAMETERS = {"triton_enable_empty_final_response", "sequence_id", "sequence_start", "sequence_end", "priority", "timeout"}
+# Who a program counts against for max_programs_per_client: a `client_id` request parameter, or
+# the `dynasor-client-id` header where the server forwards it (--http-header-forward-pattern).
+CLIENT_ID_KEYS = ("client_id", "dynasor-client-id")
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
 
 
 @dataclass
@@ -33,6 +37,7 @@ class ProgramRequest:
     program: ReasoningProgram
     deadline_s: float | None
     progress: bool
+    client_id: str | None = None
 
 
 def _deadline(value: Any, max_deadline_s: float) -> float | None:
@@ -58,6 +63,26 @@ def _calibration(name: Any, calibration_dir: Path | None) -> dict[str, Any]:
         raise RequestError(f"options.calibration: {e}") from None
 
 
+@dataclass
+class CancelRequest:
+    """`cancel_program`: stop a program this server runs (HTTP clients cannot cancel a stream)."""
+
+    program_id: str
+
+
+_PROGRAM_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _client_id(parameters: Mapping[str, Any]) -> str | None:
+    given = [parameters[k] for k in CLIENT_ID_KEYS if k in parameters]
+    if not given:
+        return None
+    value = given[0]
+    if not isinstance(value, str) or not _CLIENT_ID.match(value):
+        raise RequestError("client_id: expected 1-128 letters, digits or '_.:@-'")
+    return value
+
+
 def parse_program_request(
     question: Any,
     program: Any,
@@ -68,16 +93,19 @@ def parse_program_request(
     limits: Limits,
     max_deadline_s: float,
     calibration_dir: Path | None = None,
-) -> ProgramRequest:
+) -> ProgramRequest | CancelRequest:
     """Validated request, or RequestError naming the first bad field."""
+    if "cancel_program" in parameters:
+        target = parameters["cancel_program"]
+        if not isinstance(target, str) or not _PROGRAM_ID.match(target):
+            raise RequestError("cancel_program: expected a program_id (32 hex digits) from the program's responses")
+        return CancelRequest(target)
     question_text = text(question, "text_input") if question is not None else ""
-    program_name = text(program, "program") if program is not None else str(parameters.get("program", default_program))
-    options = {k: v for k, v in parameters.items() if k not in _TRANSPORT_PARAMETERS and k != "program"}
+    program_name = text(program, "program") if program is not None else parameters.get("program", default_program)
+    client_id = _client_id(parameters)
+    options = {k: v for k, v in parameters.items() if k not in _TRANSPORT_PARAMETERS and k != "program" and k not in CLIENT_ID_KEYS}
     if options_json is not None:
-        try:
-            given = json.loads(text(options_json, "options"))
-        except json.JSONDecodeError as e:
-            raise RequestError(f"options: not valid JSON ({e})") from None
+        given = parse_json(text(options_json, "options"), "options")
         if not isinstance(given, dict):
             raise RequestError(f"options: expected a JSON object, got {type(given).__name__}")
         options.update(given)
@@ -90,4 +118,4 @@ def parse_program_request(
             raise RequestError("options.calibration: give either calibration or allocation, not both")
         options["allocation"] = _calibration(options.pop("calibration"), calibration_dir)
     built = create(program_name, question_text, options, limits)
-    return ProgramRequest(question_text, program_name, built, deadline_s, progress)
+    return ProgramRequest(question_text, program_name, built, deadline_s, progress, client_id)

@@ -24,6 +24,8 @@ from sampling_request import parse_request  # noqa: E402
 from engines.engine_settings import settings_for_this_machine  # noqa: E402
 from engines.vllm_text import render_chat, top_logprobs  # noqa: E402
 from scheduler_backend.errors import RequestError  # noqa: E402
+from serving.door_json import dump_json  # noqa: E402
+from serving.reaper import start_reaper  # noqa: E402
 from serving.triton_model import Metrics, parameters, send_error  # noqa: E402
 
 _METRICS = (
@@ -31,6 +33,7 @@ _METRICS = (
     ("dynasor_engine_requests_in_flight", "Triton requests this model is serving", "gauge"),
     ("dynasor_engine_output_tokens_total", "Tokens generated", "counter"),
     ("dynasor_engine_deaths_total", "Times the vLLM engine process died", "counter"),
+    ("dynasor_engine_ready", "1 while the engine serves, 0 while it is rebuilt (Triton's model readiness cannot show it)", "gauge"),
     ("dynasor_engine_requests_total", "Requests by outcome", "counter"),
 )
 
@@ -52,6 +55,7 @@ def _resolve_model_path(model: str, model_dir: str) -> str:
 
 class TritonPythonModel:
     def initialize(self, args):
+        self._reaper = start_reaper()  # nothing of this stub outlives it or the server
         self.logger = pb_utils.Logger
         self.model_config = json.loads(args["model_config"])
         params = parameters(args)
@@ -87,7 +91,10 @@ class TritonPythonModel:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self._engine_ready.clear()
-        engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**self.engine_config))
+        # Built off the loop: a restart takes a minute or more, and the loop must keep answering
+        # "engine is restarting" at once meanwhile rather than hold every request.
+        engine = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: AsyncLLM.from_engine_args(AsyncEngineArgs(**self.engine_config)))
         sched = engine.vllm_config.scheduler_config
         # Pitfall 12: on vLLM-CPU a seeded request whose prefill is chunked kills the engine.
         self.seed_refusal = None
@@ -98,6 +105,7 @@ class TritonPythonModel:
                 '"enable_chunked_prefill": false in model.json to allow them'
             )
         self.tokenizer = engine.get_tokenizer()
+        self.vocab_size = engine.model_config.get_vocab_size()
         self._engine = engine
         self._engine_ready.set()
         self.logger.log_info(f"[policy] engine ready: {self.engine_config['model']}")
@@ -107,6 +115,7 @@ class TritonPythonModel:
         while True:
             await asyncio.sleep(0.5)
             engine = self._engine
+            self._metrics.metric("dynasor_engine_ready").set(0 if engine is None else 1)
             if engine is None:
                 continue
             self._metrics.metric("dynasor_engine_unfinished_requests").set(engine.get_num_unfinished_requests())
@@ -157,6 +166,7 @@ class TritonPythonModel:
                 max_n=self.max_n,
                 max_tokens_limit=self.max_tokens_limit,
                 seed_refusal=getattr(self, "seed_refusal", None),
+                vocab_size=getattr(self, "vocab_size", None),
             )
         except RequestError as e:
             self._metrics.count("dynasor_engine_requests_total", {"outcome": "invalid"})
@@ -281,23 +291,24 @@ def request_inputs(request) -> dict:
 
 
 def _response(outputs, with_logprobs: bool):
+    """One streamed event. cumulative_logprob goes out only when every sample has a finite one
+    (vLLM gives none without logprobs): over HTTP a NaN would make the event invalid JSON."""
+    logprob = np.array([np.nan if c.cumulative_logprob is None else c.cumulative_logprob for c in outputs], dtype=np.float32)
     tensors = [
         pb_utils.Tensor("text_output", np.array([c.text for c in outputs], dtype=np.object_)),
         pb_utils.Tensor("sample_index", np.array([c.index for c in outputs], dtype=np.int32)),
         pb_utils.Tensor("num_output_tokens", np.array([len(c.token_ids) for c in outputs], dtype=np.uint32)),
         pb_utils.Tensor("finish_reason", np.array([c.finish_reason or "" for c in outputs], dtype=np.object_)),
-        pb_utils.Tensor(
-            "cumulative_logprob",
-            np.array([c.cumulative_logprob if c.cumulative_logprob is not None else np.nan for c in outputs], dtype=np.float32),
-        ),
     ]
+    if np.isfinite(logprob).all():
+        tensors.append(pb_utils.Tensor("cumulative_logprob", logprob))
     if with_logprobs:
         tensors.append(
             pb_utils.Tensor(
                 "logprobs",
                 np.array(
                     [
-                        json.dumps(top_logprobs(c))
+                        dump_json(top_logprobs(c))
                         for c in outputs
                     ],
                     dtype=np.object_,

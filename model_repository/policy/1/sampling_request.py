@@ -2,7 +2,6 @@
 bad request costs its sender one error and the engine nothing. No Triton import: unit-testable."""
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,6 +9,8 @@ from typing import Any
 import numpy as np
 
 from scheduler_backend.errors import RequestError
+from serving.door_json import parse_json
+from serving.triton_model import text
 
 # Sampling fields a request may set, with their types; everything else is refused by name, so a
 # typo is an error rather than a silently ignored option.
@@ -66,17 +67,16 @@ def _scalar(inputs: dict, name: str):
     if arr.size != 1:
         raise RequestError(f"{name}: expected one element, got {arr.size}")
     item = arr[0]
-    return item.decode("utf-8") if isinstance(item, bytes) else item.item() if hasattr(item, "item") else item
+    if isinstance(item, (bytes, str)):
+        return text(item, name)
+    return item.item() if hasattr(item, "item") else item
 
 
-def _json(text: str, name: str):
-    try:
-        return json.loads(text)
-    except (json.JSONDecodeError, TypeError) as e:
-        raise RequestError(f"{name}: not valid JSON ({e})") from None
+def _json(raw, name: str):
+    return parse_json(text(raw, name), name)
 
 
-def _check_sampling(sampling: dict, max_n: int, max_tokens_limit: int, seed_refusal: str | None) -> None:
+def _check_sampling(sampling: dict, max_n: int, max_tokens_limit: int, seed_refusal: str | None, vocab_size: int | None) -> None:
     for key, value in sampling.items():
         if key not in _FIELDS:
             raise RequestError(f"sampling_parameters.{key}: unknown field; allowed: {', '.join(sorted(_FIELDS))}")
@@ -96,12 +96,21 @@ def _check_sampling(sampling: dict, max_n: int, max_tokens_limit: int, seed_refu
         "presence_penalty": (-2.0, 2.0),
         "frequency_penalty": (-2.0, 2.0),
         "repetition_penalty": (1e-9, 100.0),
+        "seed": (-(2**63), 2**63 - 1),
     }
     for key, (lo, hi) in bounds.items():
         if key in sampling and not lo <= sampling[key] <= hi:
             raise RequestError(f"sampling_parameters.{key}: must be in [{lo}, {hi}], got {sampling[key]}")
     if "top_k" in sampling and sampling["top_k"] != -1 and sampling["top_k"] < 1:
         raise RequestError(f"sampling_parameters.top_k: must be -1 or >= 1, got {sampling['top_k']}")
+    if vocab_size is not None and sampling.get("top_k", -1) > vocab_size:
+        raise RequestError(f"sampling_parameters.top_k: at most the vocabulary size {vocab_size} (or -1 for no cut), got {sampling['top_k']}")
+    ids = sampling.get("stop_token_ids", [])
+    bad_ids = [t for t in ids if isinstance(t, bool) or not isinstance(t, int) or t < 0 or vocab_size is not None and t >= vocab_size]
+    if bad_ids:
+        raise RequestError(f"sampling_parameters.stop_token_ids: token ids must be integers in [0, {vocab_size or 'vocabulary size'}), got {bad_ids[0]!r}")
+    if sampling.get("min_tokens", 0) > sampling.get("max_tokens", max_tokens_limit):
+        raise RequestError(f"sampling_parameters.min_tokens: must not exceed max_tokens ({sampling.get('max_tokens')}), got {sampling['min_tokens']}")
     stop = sampling.get("stop")
     if isinstance(stop, list) and not all(isinstance(s, str) for s in stop):
         raise RequestError("sampling_parameters.stop: expected a string or a list of strings")
@@ -122,7 +131,8 @@ def _check_messages(messages) -> list[dict[str, str]]:
     return messages
 
 
-def parse_request(inputs: dict, max_n: int, max_tokens_limit: int, seed_refusal: str | None = None) -> PolicyRequest:
+def parse_request(inputs: dict, max_n: int, max_tokens_limit: int, seed_refusal: str | None = None,
+                  vocab_size: int | None = None) -> PolicyRequest:
     """Decoded, validated request. Sampling fields may come from `sampling_parameters` (JSON) or
     from request parameters (HTTP generate puts unknown JSON keys there); the input wins."""
     if "abort_request_ids" in inputs:
@@ -143,7 +153,7 @@ def parse_request(inputs: dict, max_n: int, max_tokens_limit: int, seed_refusal:
     if max_tokens is not None:
         sampling["max_tokens"] = int(max_tokens)
     sampling.setdefault("max_tokens", 256)
-    _check_sampling(sampling, max_n, max_tokens_limit, seed_refusal)
+    _check_sampling(sampling, max_n, max_tokens_limit, seed_refusal, vocab_size)
     req.sampling = sampling
 
     text = _scalar(inputs, "text_input")
@@ -160,5 +170,7 @@ def parse_request(inputs: dict, max_n: int, max_tokens_limit: int, seed_refusal:
         priority = params.get("priority", 0)
     if isinstance(priority, bool) or not isinstance(priority, (int, np.integer)):
         raise RequestError(f"priority: expected an integer, got {type(priority).__name__}")
+    if not -(2**31) <= priority < 2**31:
+        raise RequestError(f"priority: must fit in 32 bits, got {priority}")
     req.priority = int(priority)
     return req

@@ -16,11 +16,13 @@ from engines.policy_stream import decode_deltas, policy_inputs, policy_outputs
 from scheduler_backend.engine import ChatMessage, GenerateCall, SamplingSpec
 from scheduler_backend.errors import RequestError
 from scheduler_backend.judge import judge_score
+from serving.reaper import start_reaper
 from serving.triton_model import parameters, send_error
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        self._reaper = start_reaper()  # nothing of this stub outlives it or the server
         params = parameters(args)
         self.max_candidates = int(params.get("max_candidates", "64"))
         self.max_chars = int(params.get("max_chars", "32768"))
