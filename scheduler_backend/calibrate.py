@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                                "certaindex means something different in each: pick one with --program")
         if not traces:
             raise RequestError(f"{', '.join(args.traces)}: no traces" + (f" of program {args.program!r}" if args.program else ""))
-        doc = calibrate(traces, args.max_accuracy_drop, args.hopeless, args.orderings, args.round_size)
+        doc = {"program": programs[0], **calibrate(traces, args.max_accuracy_drop, args.hopeless, args.orderings, args.round_size)}
     except RequestError as exc:
         print(f"dynasor calibrate: error: {exc}", file=sys.stderr)
         return 2

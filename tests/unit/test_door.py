@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "model_repository" / "policy" / "1"))
 sys.path.insert(0, str(ROOT / "model_repository" / "dynasor" / "1"))
-from program_request import CancelRequest, parse_program_request  # noqa: E402
+from program_request import CancelRequest, default_allocation, parse_program_request  # noqa: E402
 from sampling_request import parse_request  # noqa: E402
 
 from scheduler_backend.errors import RequestError  # noqa: E402
@@ -129,3 +129,24 @@ def test_duplicate_and_deep_options_are_refused_by_the_dynasor_door():
                               limits=Limits(), max_deadline_s=60)
     with pytest.raises(RequestError, match="options: JSON nested"):
         parse_program_request(Q, None, "[" * 100_000, {}, default_program="self-consistency", limits=Limits(), max_deadline_s=60)
+
+
+def test_the_default_allocation_is_a_shipped_calibration_for_the_program_it_was_fitted_on(tmp_path):
+    doc = {"program": "self-consistency", "policy": {"kind": "threshold", "settle": 0.6, "detect_step": 4},
+           "curve": {"kind": "curve", "a": 6.0, "b": 2.0, "detect_step": 4}}
+    (tmp_path / "cal.json").write_text(json.dumps(doc))
+    default = default_allocation("cal:curve", tmp_path)
+    assert default is not None and default.policy["kind"] == "curve" and default.policy["a"] == 6.0
+
+    def request(options=None, program=None):
+        return parse_program_request(Q, program, None if options is None else json.dumps(options), {},
+                                     default_program="self-consistency", limits=Limits(), max_deadline_s=60,
+                                     calibration_dir=tmp_path, default=default)
+
+    assert request().program.policy.a == 6.0, "no allocation asked for: the calibration's curve"
+    assert request({"settle_threshold": 0.9}).program.policy.settle == 0.9, "a request's own threshold wins"
+    assert request({"calibration": "cal"}).program.policy.settle == 0.6
+    assert not hasattr(request(program="mcts").program.policy, "a"), "fitted on self-consistency only"
+    assert default_allocation("", tmp_path) is None
+    with pytest.raises(RequestError, match="parameters.default_allocation: no calibration named 'missing'"):
+        default_allocation("missing", tmp_path)

@@ -17,7 +17,7 @@ locale.setlocale(locale.LC_ALL, "C.UTF-8")  # the stub's interpreter prefers ASC
 
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
-from program_request import CancelRequest, parse_program_request  # noqa: E402
+from program_request import CancelRequest, default_allocation, parse_program_request  # noqa: E402
 
 from engines.triton_bls import STUB_LOCK, BlsEngine  # noqa: E402
 from scheduler_backend.engine import Engine  # noqa: E402
@@ -51,6 +51,10 @@ class TritonPythonModel:
         self.max_deadline_s = float(p.get("max_deadline_s", "3600"))
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.calibration_dir = version_dir / p.get("calibration_dir", "calibrations")
+        try:
+            self.default_allocation = default_allocation(p.get("default_allocation", ""), self.calibration_dir)
+        except RequestError as e:
+            raise pb_utils.TritonModelException(str(e)) from None
         plugins = [x.strip() for x in p.get("plugins", "").split(",") if x.strip()]
         if plugins:
             load_plugins(plugins)
@@ -174,6 +178,7 @@ class TritonPythonModel:
                 limits=self.limits,
                 max_deadline_s=self.max_deadline_s,
                 calibration_dir=self.calibration_dir,
+                default=self.default_allocation,
             )
         except RequestError as e:
             self.metrics.count("dynasor_programs_total", {"stop_reason": "invalid"})

@@ -7,6 +7,7 @@ calibration) and hands the rest to the program registry, which validates them pe
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -50,17 +51,39 @@ def _deadline(value: Any, max_deadline_s: float) -> float | None:
     return float(value)
 
 
-def _calibration(name: Any, calibration_dir: Path | None) -> dict[str, Any]:
-    """The named calibration's chosen policy, read by the allocation module's own loader."""
-    if not isinstance(name, str) or not _CALIBRATION_NAME.match(name):
-        raise RequestError("options.calibration: expected the name of a calibration file (letters, digits, '._-')")
+def _calibration(name: Any, calibration_dir: Path | None, field: str = "options.calibration") -> dict[str, Any]:
+    """The named calibration's policy, read by the allocation module's own loader: NAME takes its
+    "policy" entry, NAME:curve its fitted curve."""
+    if not isinstance(name, str):
+        raise RequestError(f"{field}: expected the name of a calibration file (letters, digits, '._-')")
+    name, _, entry = name.partition(":")
+    if not _CALIBRATION_NAME.match(name) or entry not in ("", "policy", "curve"):
+        raise RequestError(f"{field}: expected NAME or NAME:curve, NAME made of letters, digits, '._-'")
     path = calibration_dir / f"{name}.json" if calibration_dir else None
     if path is None or not path.is_file():
-        raise RequestError(f"options.calibration: no calibration named {name!r} on this server")
+        raise RequestError(f"{field}: no calibration named {name!r} on this server")
     try:
-        return policy_to_dict(load_policy(path))
+        return policy_to_dict(load_policy(path, entry or "policy"))
     except ValueError as e:
-        raise RequestError(f"options.calibration: {e}") from None
+        raise RequestError(f"{field}: {e}") from None
+
+
+@dataclass(frozen=True)
+class DefaultAllocation:
+    """The server's allocation for requests that choose none: a shipped calibration, applied to
+    the program it was fitted on (certaindex means something else in another program)."""
+
+    program: str
+    policy: dict[str, Any]
+
+
+def default_allocation(spec: str, calibration_dir: Path) -> DefaultAllocation | None:
+    """config.pbtxt `default_allocation` ("" or NAME[:curve]) read once at load; errors name it."""
+    if not spec:
+        return None
+    policy = _calibration(spec, calibration_dir, "parameters.default_allocation")
+    doc = json.loads((calibration_dir / f"{spec.partition(':')[0]}.json").read_text())
+    return DefaultAllocation(str(doc.get("program", "self-consistency")), policy)
 
 
 @dataclass
@@ -71,6 +94,8 @@ class CancelRequest:
 
 
 _PROGRAM_ID = re.compile(r"^[0-9a-f]{32}$")
+# Options that choose an allocation themselves; a request with any of them skips the default.
+_ALLOCATION_KEYS = {"allocation", "settle_threshold", "detect_step", "hopeless_threshold", "hopeless_step"}
 
 
 def _client_id(parameters: Mapping[str, Any]) -> str | None:
@@ -93,6 +118,7 @@ def parse_program_request(
     limits: Limits,
     max_deadline_s: float,
     calibration_dir: Path | None = None,
+    default: DefaultAllocation | None = None,
 ) -> ProgramRequest | CancelRequest:
     """Validated request, or RequestError naming the first bad field."""
     if "cancel_program" in parameters:
@@ -117,5 +143,7 @@ def parse_program_request(
         if "allocation" in options:
             raise RequestError("options.calibration: give either calibration or allocation, not both")
         options["allocation"] = _calibration(options.pop("calibration"), calibration_dir)
+    elif default is not None and program_name == default.program and not _ALLOCATION_KEYS & set(options):
+        options["allocation"] = default.policy
     built = create(program_name, question_text, options, limits)
     return ProgramRequest(question_text, program_name, built, deadline_s, progress, client_id)
