@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup warm demo test unit lint serve bench-policy bench-accuracy bench-dynasor bench-scheduling bench-scheduler bench-batch clean
+.PHONY: setup warm demo test unit lint serve bench-live bench-policy bench-accuracy bench-dynasor bench-scheduling bench-scheduler bench-batch clean
 
 setup:
 	@bash scripts/setup.sh
@@ -28,6 +28,11 @@ lint: setup
 
 serve: warm
 	.venv/bin/dynasor serve
+
+# The live server against trace replay on held-out questions, and the default allocation against
+# the uniform budget on problems it was not fitted on (real server, Qwen; about 15 minutes on 2 cores).
+bench-live: warm
+	$(PY) -m benchmarks.bench_live
 
 bench-policy: warm
 	$(PY) -m benchmarks.bench_policy

@@ -4,6 +4,7 @@ engine reads the repository itself."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from serving.launcher import MODEL_REPOSITORY, resolve_model
@@ -20,3 +21,12 @@ def judge_settings() -> dict[str, Any]:
     """`reward`'s generative judge: prompt template and the yes/no tokens it reads."""
     settings: dict[str, Any] = json.loads((MODEL_REPOSITORY / "reward" / "1" / "model.json").read_text())
     return settings
+
+
+def dynasor_parameter(key: str) -> str:
+    """A `parameters` value of the dynasor model's config.pbtxt, as the server will read it."""
+    text = (MODEL_REPOSITORY / "dynasor" / "config.pbtxt").read_text()
+    found = re.search(r'\{ key: "' + re.escape(key) + r'", value: \{ string_value: "([^"]*)" \} \}', text)
+    if found is None:
+        raise KeyError(f"dynasor config.pbtxt: no parameter {key!r}")
+    return found.group(1)
