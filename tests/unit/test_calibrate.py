@@ -161,7 +161,7 @@ def test_main_writes_a_calibration_the_server_can_load(tmp_path, capsys) -> None
     doc = json.loads(out.read_text())
     assert f"fit on {doc['split']['fit']} programs, reported on {doc['split']['eval']} held-out" in printed
     assert "run to cap" in printed
-    assert set(doc) == {"policy", "curve", "split", "report", "notes"}
+    assert set(doc) == {"program", "policy", "curve", "split", "report", "notes"} and doc["program"] == "self-consistency"
     assert isinstance(load_policy(out), ThresholdPolicy)
     assert isinstance(load_policy(out, which="curve"), CurvePolicy)
     cap = doc["report"]["rows"][0]
