@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup warm demo test unit lint serve bench-live bench-policy bench-accuracy bench-dynasor bench-scheduling bench-scheduler bench-batch clean
+.PHONY: setup warm demo test unit lint serve bench-live bench-policy bench-accuracy bench-dynasor bench-scheduling bench-scheduler bench-batch loadtest clean
 
 setup:
 	@bash scripts/setup.sh
@@ -24,7 +24,7 @@ unit: setup
 # ruff over everything; mypy over the packages (strict for scheduler_backend, see pyproject.toml).
 lint: setup
 	.venv/bin/ruff check .
-	.venv/bin/mypy scheduler_backend engines serving client benchmarks
+	.venv/bin/mypy scheduler_backend engines serving client benchmarks loadtest
 
 serve: warm
 	.venv/bin/dynasor serve
@@ -52,6 +52,21 @@ bench-scheduler: setup
 # Allocation policies replayed on the committed traces: docs/results/*.png and batch.md, no engine.
 bench-batch: setup
 	$(PY) -m benchmarks.bench_batch
+
+# A short headless load test (Locust) against a server you started yourself (`make serve`, or
+# `.venv/bin/dynasor serve` / `tritonserver`): LOAD_GRPC and LOAD_HTTP say where it listens. All three
+# user classes at LOAD_RATE programs/s each; Locust's CSV and HTML plus the SLO summary go to runs/.
+# A missed SLO is a Locust failure, so failures do not fail the target (--exit-code-on-error 0).
+LOAD_GRPC ?= 127.0.0.1:8001
+LOAD_HTTP ?= 127.0.0.1:8000
+LOAD_TIME ?= 120s
+LOAD_RATE ?= 0.05
+LOAD_ARGS ?= --base-deadline-s 60 --slo-scale 1
+loadtest: setup
+	@mkdir -p runs
+	PYTHONPATH=. .venv/bin/locust -f loadtest/locustfile.py --headless --only-summary -u 3 -r 3 -t $(LOAD_TIME) \
+	    --grpc-url $(LOAD_GRPC) --http-url $(LOAD_HTTP) --program-rate $(LOAD_RATE) $(LOAD_ARGS) --exit-code-on-error 0 \
+	    --csv runs/loadtest --html runs/loadtest.html --summary-json runs/loadtest_summary.json
 
 clean:
 	rm -rf .venv models

@@ -18,10 +18,21 @@ program's single priority (gang scheduling), and vLLM's priority scheduler runs 
 Priority integers are a quantized key rather than ranks: a program's priority depends only on its
 own arrival, predicted work and deadline, so it stays put while other programs come and go (a
 rank would renumber every running program on each arrival, and requests already in the engine
-cannot be re-prioritized). Normal programs get `(key - key of the first arrival) //
-priority_quantum` in [0, 2**31); urgent ones get negative values ordered by deadline, in
-[-2**30, 0). Both fit int32, so the value can cross any tensor boundary. Order is preserved:
-a smaller key never gets a larger priority, and keys at least one quantum apart differ.
+cannot be re-prioritized). Normal programs get `(key - aging_per_s * origin) // priority_quantum`
+in [0, 2**31); urgent ones get negative values ordered by deadline, `(deadline - origin)` in
+0.01 s steps from -2**30, in [-2**30, 0). Both fit int32, so the value can cross any tensor
+boundary. Order is preserved: a smaller key never gets a larger priority, and keys at least one
+quantum apart differ.
+
+The origin is the earliest arrival among live programs, not the server's start: it is reset when
+the scheduler empties, and moved up (every live priority recomputed, order kept) when a new
+priority would leave its range, so the ranges (124 days of deadlines, 2**31 work units of aged
+key) bound only the spread of the programs alive together, never the uptime.
+
+Deadline urgency uses a measured rate when the driver supplies one (`set_work_rate`: work per
+second one program gets, e.g. the engine's measured tokens/s shared by the running programs): a
+program turns urgent once its predicted remaining work at that rate, plus `deadline_margin_s`,
+no longer fits before its deadline.
 """
 from __future__ import annotations
 
@@ -81,16 +92,16 @@ class Scheduler:
     ):
         if isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 1:
             raise ValueError(f"max_running: must be an integer >= 1, got {max_running!r}")
-        if not (math.isfinite(aging_per_s) and aging_per_s >= 0):
-            raise ValueError(f"aging_per_s: must be finite and >= 0, got {aging_per_s!r}")
+        if not (math.isfinite(aging_per_s) and aging_per_s > 0):
+            # 0 is pure SJF: a stream of short programs holds a long one back forever.
+            raise ValueError(f"aging_per_s: must be finite and > 0 (0 lets a long program starve), got {aging_per_s!r}")
         if not (math.isfinite(deadline_margin_s) and deadline_margin_s >= 0):
             raise ValueError(f"deadline_margin_s: must be finite and >= 0, got {deadline_margin_s!r}")
         if not (math.isfinite(priority_quantum) and priority_quantum > 0):
             raise ValueError(f"priority_quantum: must be finite and > 0, got {priority_quantum!r}")
         if policy not in {p.value for p in SchedulingPolicy}:
             raise ValueError(f"policy: must be 'sjf' or 'fcfs', got {policy!r}")
-        if work_per_s is not None and not (math.isfinite(work_per_s) and work_per_s > 0):
-            raise ValueError(f"work_per_s: must be finite and > 0 (or None), got {work_per_s!r}")
+        _check_rate(work_per_s)
         self.max_running = max_running
         self.aging_per_s = float(aging_per_s)
         self.deadline_margin_s = float(deadline_margin_s)
@@ -104,7 +115,7 @@ class Scheduler:
         self._due: list[tuple[float, int, int, str]] = []  # (urgent_at, seq, version, pid), not yet urgent
         self._waiting = 0
         self._seq = 0
-        self._origin: float | None = None  # time of the first arrival: priorities count from it
+        self._origin: float | None = None  # earliest live arrival (at most): priorities count from it
 
     def __len__(self) -> int:
         return len(self._programs)
@@ -144,6 +155,17 @@ class Scheduler:
             del self._priorities[pid]
         else:
             self._waiting -= 1
+        if not self._programs:
+            self._origin = None  # the next arrival starts the count afresh
+            self._normal.clear()
+            self._urgent.clear()
+            self._due.clear()
+
+    def set_work_rate(self, work_per_s: float | None) -> None:
+        """The measured rate one program makes progress at (None: unknown); deadline urgency
+        uses it from each program's next arrival or update on."""
+        _check_rate(work_per_s)
+        self.work_per_s = work_per_s
 
     def priority(self, pid: str) -> int:
         """The program's current engine priority (lower runs first)."""
@@ -174,10 +196,10 @@ class Scheduler:
             prog.key = float(prog.seq)
             prog.priority = min(prog.seq, _INT31)
         else:
-            assert self._origin is not None, "set by the first add"
-            prog.key = prog.work + self.aging_per_s * (prog.arrival - self._origin)
+            # Absolute, so heap entries pushed before and after the origin moves compare alike.
+            prog.key = prog.work + self.aging_per_s * prog.arrival
             if not prog.urgent:
-                prog.priority = min(max(int(prog.key // self.priority_quantum), 0), _INT31)
+                prog.priority = self._normal_priority(prog)
             if prog.deadline is not None and not prog.urgent:
                 urgent_at = prog.deadline - self.deadline_margin_s
                 if self.work_per_s is not None:
@@ -200,11 +222,45 @@ class Scheduler:
             pid = entry[3]
             prog = self._programs[pid]
             prog.urgent = True
-            assert prog.deadline is not None and self._origin is not None, "only programs with a deadline fall due"
-            offset = int((prog.deadline - self._origin) / _DEADLINE_QUANTUM_S)
-            prog.priority = _URGENT_BASE + min(max(offset, 0), -_URGENT_BASE - 1)
+            prog.priority = self._urgent_priority(prog)
             prog.version += 1  # its entry in the normal queue is now stale
             self._rekey(pid, prog)
+
+    def _normal_priority(self, prog: _Program) -> int:
+        raw = self._normal_offset(prog)
+        if raw > _INT31 and self._rebase():
+            raw = self._normal_offset(prog)
+        return min(max(raw, 0), _INT31)
+
+    def _normal_offset(self, prog: _Program) -> int:
+        assert self._origin is not None, "set by the first add"
+        return int((prog.work + self.aging_per_s * (prog.arrival - self._origin)) // self.priority_quantum)
+
+    def _urgent_priority(self, prog: _Program) -> int:
+        raw = self._urgent_offset(prog)
+        if raw > -_URGENT_BASE - 1 and self._rebase():
+            raw = self._urgent_offset(prog)
+        return _URGENT_BASE + min(max(raw, 0), -_URGENT_BASE - 1)
+
+    def _urgent_offset(self, prog: _Program) -> int:
+        assert prog.deadline is not None and self._origin is not None, "only programs with a deadline fall due"
+        return int((prog.deadline - self._origin) / _DEADLINE_QUANTUM_S)
+
+    def _rebase(self) -> bool:
+        """Move the origin up to the earliest live arrival and recompute every live priority (each
+        shifts by the same amount within its class, so order holds). False when it cannot move:
+        then the live programs alone span more than the range, and priorities clamp at its end."""
+        earliest = min(p.arrival for p in self._programs.values())
+        if self._origin is not None and earliest <= self._origin:
+            return False
+        self._origin = earliest
+        for pid, prog in self._programs.items():
+            offset = self._urgent_offset(prog) if prog.urgent else self._normal_offset(prog)
+            limit = -_URGENT_BASE - 1 if prog.urgent else _INT31
+            prog.priority = (_URGENT_BASE if prog.urgent else 0) + min(max(offset, 0), limit)
+            if prog.running:
+                self._priorities[pid] = prog.priority
+        return True
 
     def _pop_waiting(self) -> str:
         for heap in (self._urgent, self._normal):
@@ -221,6 +277,11 @@ class Scheduler:
     def _valid_due(self, entry: tuple[float, int, int, str]) -> bool:
         prog = self._programs.get(entry[3])
         return prog is not None and prog.seq == entry[1] and prog.version == entry[2] and not prog.urgent
+
+
+def _check_rate(work_per_s: float | None) -> None:
+    if work_per_s is not None and not (math.isfinite(work_per_s) and work_per_s > 0):
+        raise ValueError(f"work_per_s: must be finite and > 0 (or None), got {work_per_s!r}")
 
 
 def _check_work(work: float) -> None:

@@ -8,7 +8,7 @@ import time
 from engines.scripted import ScriptedEngine
 from scheduler_backend.program import StopReason
 from scheduler_backend.registry import create
-from scheduler_backend.runner import ProgramRunner
+from scheduler_backend.runner import MAX_STEPS_WITHOUT_PROGRESS, ProgramRunner, ThroughputMeter
 from scheduler_backend.scheduler import Scheduler
 
 AGREE = ScriptedEngine(lambda call, i: "so the answer is \\boxed{8}")
@@ -139,3 +139,77 @@ def test_progress_ticks_do_not_end_a_program_before_its_deadline():
 
     state, elapsed = asyncio.run(go())
     assert state.stop_reason is StopReason.DEADLINE and elapsed >= 0.8
+
+
+class NoSamples(ScriptedEngine):
+    """An engine that ends every call without a sample (how a broken engine once looked)."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda call, i: "")
+
+    async def generate(self, call):
+        self.calls.append(call)
+        return
+        yield
+
+
+def test_a_program_whose_steps_add_nothing_stops_with_an_error_instead_of_spinning():
+    engine = NoSamples()
+    # Without the guard this ran until killed (53,181 engine calls in 3 s): a time limit makes it fail.
+    state = asyncio.run(asyncio.wait_for(ProgramRunner(engine, Scheduler()).run("p", sc(budget=8)), timeout=5))
+    assert state.stop_reason is StopReason.ERROR
+    assert "no progress in 3 steps" in state.extra["error"] and "no samples" in state.extra["error"]
+    assert len(engine.calls) == MAX_STEPS_WITHOUT_PROGRESS, "it asked a few times, not tens of thousands"
+
+
+def test_a_step_that_adds_something_resets_the_guard():
+    """Empty rounds between real ones are not a spin: the program runs to its cap."""
+    rounds = iter(range(100))
+    real = {0, 3, 6, 9}
+
+    class Sometimes(ScriptedEngine):
+        async def generate(self, call):
+            if next(rounds) in real:
+                async for deltas in super().generate(call):
+                    yield deltas
+            else:
+                self.calls.append(call)
+
+    engine = Sometimes(lambda call, i: f"\\boxed{{{len(engine.calls)}{i}}}")
+    state = asyncio.run(ProgramRunner(engine, Scheduler()).run("p", sc(budget=8)))
+    assert state.stop_reason is StopReason.CAP and state.steps == 8
+    assert len(engine.calls) == 10
+
+
+def test_throughput_meter_averages_busy_windows_only():
+    meter = ThroughputMeter(window_s=1.0, alpha=0.5)
+    meter.busy(0.0)
+    meter.add(50, 0.5)
+    assert meter.rate is None, "half a window is not a sample yet"
+    meter.add(50, 1.0)
+    assert meter.rate == 100.0
+    meter.add(100, 1.5)
+    meter.idle(1.5)  # 100 tokens in 0.5 s: 200 tok/s, averaged in
+    assert meter.rate == 150.0
+    meter.busy(100.0)  # 98.5 idle seconds do not dilute the rate
+    meter.add(150, 101.0)
+    assert meter.rate == 150.0
+    meter.idle(101.0)
+    meter.idle(102.0)
+    assert meter.rate == 150.0
+
+
+def test_the_runner_learns_tokens_per_unit_and_feeds_a_measured_rate_to_the_scheduler():
+    # Each sample is 10 words (tokens), streamed in 3 deltas 0.05 s apart.
+    engine = ScriptedEngine(lambda call, i: f"one two three four five six seven eight nine \\boxed{{{i}}}", delay_s=0.05)
+    scheduler = Scheduler()
+    runner = ProgramRunner(engine, scheduler)
+    runner.throughput.window_s = 0.05
+    assert runner.tokens_per_unit("self-consistency") == runner.tokens_per_unit_prior
+    assert scheduler.work_per_s is None
+    state = asyncio.run(runner.run("p", sc(budget=4)))
+    assert state.steps == 4 and state.tokens_used == 40
+    assert runner.tokens_per_unit("self-consistency") == 10.0
+    assert runner.tokens_per_unit("mcts") == runner.tokens_per_unit_prior, "learned per kind of program"
+    # 2 samples x 10 tokens per round in ~0.15 s: about 130 tok/s, never more than all of it at once.
+    assert scheduler.work_per_s is not None and 20 < scheduler.work_per_s < 400

@@ -97,6 +97,65 @@ def test_predicted_remaining_time_makes_a_program_urgent_early() -> None:
     assert without.schedule(0.0).admit == ["small"]
 
 
+def test_a_measured_rate_makes_a_program_urgent_once_its_remaining_work_no_longer_fits() -> None:
+    sched = Scheduler(max_running=1, deadline_margin_s=0.5)
+    sched.add("blocker", 0.0, 1.0)
+    assert sched.schedule(0.0).admit == ["blocker"]
+    sched.add("due", 0.0, 300.0, deadline=40.0)
+    sched.add("small", 0.0, 5.0)
+    sched.set_work_rate(10.0)  # 300 units at 10/s need 30 s: urgent from 40 - 0.5 - 30 = 9.5 s
+    sched.update("due", 300.0)
+    sched.schedule(9.0)
+    assert sched.priority("due") >= 0, "still fits at 9 s"
+    sched.schedule(9.6)
+    assert sched.priority("due") < 0 <= sched.priority("small"), "urgent at 9.5 s, not 2 s before its deadline"
+    sched.remove("blocker")
+    assert sched.schedule(9.6).admit == ["due"]
+    sched.set_work_rate(None)
+    with pytest.raises(ValueError, match="^work_per_s:"):
+        sched.set_work_rate(0.0)
+
+
+def test_ordering_holds_at_any_uptime() -> None:
+    """Priorities count from the earliest live arrival: a clock at 1e9 s (31 years) orders urgent and
+    normal programs as it does at 0, where an origin fixed at the first arrival saturated both."""
+    sched = Scheduler(max_running=4, deadline_margin_s=1.0)
+    sched.add("first", 0.0, 10.0, deadline=5.0)
+    sched.schedule(0.0)
+    sched.remove("first")
+    t = 1e9
+    sched.add("late", t, 900.0, deadline=t + 20.0)
+    sched.add("soon", t, 900.0, deadline=t + 10.0)
+    sched.add("big", t, 500.0)
+    sched.add("small", t, 50.0)
+    assert sched.schedule(t).admit == ["small", "big", "late", "soon"]
+    assert 0 <= sched.priority("small") < sched.priority("big") < 2**31 - 1
+    sched.schedule(t + 19.5)  # both deadlines within the margin
+    assert -(2**30) <= sched.priority("soon") < sched.priority("late") < 0
+
+
+def test_a_server_that_never_empties_keeps_order_after_any_uptime() -> None:
+    """Overlapping programs for 1e9 s, never an empty scheduler: the origin moves up with the
+    earliest live arrival, so the newest programs still get distinct, ordered priorities."""
+    sched = Scheduler(max_running=8, deadline_margin_s=1.0)
+    step = 1e7  # aging 50 * 1e7 = 5e8 per step: int32 priorities would saturate within 5 steps
+    prev = None
+    for i in range(100):
+        t = i * step
+        sched.add(f"p{i}", t, 100.0, deadline=t + 30.0)
+        sched.schedule(t)
+        if prev is not None:
+            sched.remove(prev)
+        prev = f"p{i}"
+    t = 100 * step
+    sched.add("short", t, 10.0, deadline=t + 50.0)
+    sched.add("long", t, 1000.0, deadline=t + 40.0)
+    sched.schedule(t)
+    assert sched.priority("p99") < sched.priority("short") < sched.priority("long") < 2**31 - 1
+    sched.schedule(t + 49.5)  # all three within the margin of their deadlines now
+    assert -(2**30) <= sched.priority("p99") < sched.priority("long") < sched.priority("short") < 0
+
+
 def test_fcfs_ignores_work() -> None:
     sched = Scheduler(max_running=2, policy=SchedulingPolicy.FCFS)
     for i, work in enumerate([500.0, 1.0, 300.0]):
@@ -122,6 +181,8 @@ def test_errors() -> None:
         Scheduler(policy="lottery")
     with pytest.raises(ValueError, match="^max_running:"):
         Scheduler(max_running=0)
+    with pytest.raises(ValueError, match="^aging_per_s:.*starve"):
+        Scheduler(aging_per_s=0.0)
 
 
 @settings(max_examples=300, deadline=None)

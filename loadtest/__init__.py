@@ -1,0 +1,1 @@
+"""Locust load tests of the served programs under deadline SLOs (see locustfile.py)."""

@@ -1,0 +1,46 @@
+"""The Locust load test end to end on the session's server: a few seconds of open-loop arrivals of
+tiny programs from all three user classes, Locust's CSV and the SLO summary checked."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CLASSES = {"DynasorGrpcUser": "dynasor-grpc", "DynasorHttpUser": "dynasor-http", "BaselineUser": "baseline"}
+
+
+def test_locust_headless_run_writes_stats_and_an_slo_summary(server, tmp_path):
+    summary_path = tmp_path / "summary.json"
+    cmd = [
+        sys.executable, "-m", "locust", "-f", str(REPO_ROOT / "loadtest" / "locustfile.py"), "--headless", "--only-summary",
+        "-u", "3", "-r", "3", "-t", "8s", "--grpc-url", server.grpc_url, "--http-url", server.http_url,
+        "--program-rate", "1.0", "--base-deadline-s", "15", "--slo-scale", "1", "--budget", "2", "--max-tokens", "32",
+        "--dynasor-options", '{"round_size": 2}', "--seed", "3", "--exit-code-on-error", "0",
+        "--csv", str(tmp_path / "load"), "--summary-json", str(summary_path), *CLASSES,
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    with open(tmp_path / "load_stats.csv") as f:
+        rows = {row["Type"]: row for row in csv.DictReader(f) if row["Type"]}
+    for request_type in CLASSES.values():
+        assert request_type in rows, (rows.keys(), done.stderr[-2000:])
+        assert int(rows[request_type]["Request Count"]) > 0
+
+    summary = json.loads(summary_path.read_text())
+    assert set(summary["classes"]) == set(CLASSES)
+    assert summary["settings"]["program_rate"] == 1.0 and summary["duration_s"] > 0
+    for name, s in summary["classes"].items():
+        assert s["programs"] > 0, name
+        assert 0.0 <= s["attainment"] <= 1.0 and 0.0 <= s["accuracy"] <= 1.0, (name, s)
+        assert s["p50_latency_s"] <= s["p99_latency_s"], (name, s)
+        assert s["errors"] < s["programs"], f"{name}: every program failed: {done.stderr[-2000:]}"
