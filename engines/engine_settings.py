@@ -3,8 +3,9 @@
 Machines of the same kind differ: bf16 is fast only where the CPU computes it natively (AVX-512
 BF16 / AMX), about 5x slower than float32 on AVX2-only CPUs; vLLM-CPU keeps one core off its
 compute threads, half of a 2-core machine; and torch.compile decodes 0-15% faster for a slower
-start: minutes on a cold cache, about 30 s more once `make setup` has warmed it (`make bench-policy`;
-docs/PLATFORM.md pitfalls 14-16). Whatever
+start: minutes on a cold cache, about as fast as eager once `make warm` has filled it, provided
+vLLM's AOT cache (which vLLM-CPU 0.32 cannot load) is off (`make bench-policy`; docs/PLATFORM.md
+pitfalls 14-16 and 24). Whatever
 model.json or the environment sets explicitly is kept; only what they leave open is chosen, and
 every choice carries its reason so `dynasor serve` and the policy log can say what was picked.
 """
@@ -79,8 +80,11 @@ def choose_engine_settings(engine_args: Mapping[str, Any], *, gpu: bool, flags: 
         return EngineSettings(args, env, tuple(choices))
     if "enforce_eager" not in args:
         args["enforce_eager"] = False
-        choices.append("enforce_eager=false (torch.compile decodes up to 15% faster; `make setup` warms its cache, "
-                       "so a start costs about 30 s more; set true to start fastest)")
+        choices.append("enforce_eager=false (torch.compile decodes up to 15% faster; `make warm` fills its cache)")
+    if not args["enforce_eager"] and "VLLM_USE_AOT_COMPILE" not in environ:
+        env["VLLM_USE_AOT_COMPILE"] = "0"
+        choices.append("VLLM_USE_AOT_COMPILE=0 (vLLM-CPU 0.32 cannot load its AOT compile cache and recompiles at "
+                       "every start; the older cache loads: 27 s to start instead of 49-53 s)")
     if "VLLM_CPU_NUM_OF_RESERVED_CPU" not in environ and cores <= SMALL_MACHINE_CORES:
         env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
         choices.append(f"VLLM_CPU_NUM_OF_RESERVED_CPU=0 (all {cores} cores compute)")

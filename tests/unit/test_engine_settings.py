@@ -19,7 +19,11 @@ def test_cpu_without_native_bf16_gets_float32_and_with_it_bf16():
 def test_cpu_engines_compile_unless_told_to_run_eager():
     chosen = choose_engine_settings({}, gpu=False, flags=ZEN4, cores=2, environ={})
     assert chosen.engine_args["enforce_eager"] is False and "enforce_eager=false" in chosen.describe()
-    assert choose_engine_settings({"enforce_eager": True}, gpu=False, flags=ZEN4, cores=2, environ={}).engine_args["enforce_eager"] is True
+    assert chosen.env["VLLM_USE_AOT_COMPILE"] == "0", "the AOT cache does not load on vLLM-CPU: its start would compile every time"
+    eager = choose_engine_settings({"enforce_eager": True}, gpu=False, flags=ZEN4, cores=2, environ={})
+    assert eager.engine_args["enforce_eager"] is True and "VLLM_USE_AOT_COMPILE" not in eager.env
+    kept = choose_engine_settings({}, gpu=False, flags=ZEN4, cores=2, environ={"VLLM_USE_AOT_COMPILE": "1"})
+    assert "VLLM_USE_AOT_COMPILE" not in kept.env
 
 
 def test_explicit_settings_are_kept():
@@ -30,8 +34,8 @@ def test_explicit_settings_are_kept():
 
 
 def test_small_machines_compute_on_every_core_and_big_ones_keep_vllms_reservation():
-    assert choose_engine_settings({}, gpu=False, flags=AVX2, cores=2, environ={}).env == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
-    assert choose_engine_settings({}, gpu=False, flags=AVX2, cores=16, environ={}).env == {}
+    assert choose_engine_settings({}, gpu=False, flags=AVX2, cores=2, environ={}).env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+    assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in choose_engine_settings({}, gpu=False, flags=AVX2, cores=16, environ={}).env
 
 
 def test_gpu_hosts_keep_the_models_dtype_and_cuda_graphs():
