@@ -128,6 +128,15 @@ def load_traces(path: str | Path) -> list[dict[str, Any]]:
     return traces
 
 
+def _note(history: list[dict[str, Any]], entry: dict[str, Any]) -> None:
+    """Keep one history entry per knob count: a step that spends no knob unit (a reward score in
+    a tree search) updates the entry of the count it belongs to."""
+    if history and history[-1]["steps"] >= entry["steps"]:
+        history[-1] = entry
+    else:
+        history.append(entry)
+
+
 def read_traces(path: str | Path) -> list[dict[str, Any]]:
     """The traces of a JSONL file as they are, unchecked (missing file: none): where an
     interrupted recording resumes."""
@@ -168,7 +177,7 @@ async def record(engine: Any, program: str, records: Iterable[Mapping[str, Any]]
         if not isinstance(prog, PolicyProgram):
             raise TypeError(f"{program}: only programs with an allocation policy can be recorded")
         prog.allocate(UniformPolicy())  # never stops early: the trace sees every step
-        final = await runner.run(f"trace-{rec['id']}", prog, on_progress=lambda s: history.append(_history_entry(s, gold)),
+        final = await runner.run(f"trace-{rec['id']}", prog, on_progress=lambda s: _note(history, _history_entry(s, gold)),
                                  on_result=took)
         bar.update(1)
         if final.stop_reason is StopReason.ERROR:  # not a trace of the program: left for a resumed run
