@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from scheduler_backend.errors import RequestError
-from scheduler_backend.replay import ORDERINGS
+from scheduler_backend.replay import add_replay_arguments, check_replay_arguments
 from scheduler_backend.traces import load_traces
 from scheduler_backend.tradeoffs import Analysis, analyse, format_calibration, format_reach
 
@@ -59,14 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", help="write the token-to-accuracy curves to this PNG")
     parser.add_argument("--split", choices=("eval", "fit", "all"), default="eval",
                         help="questions to report on; curves are always fitted on the fit split (default: eval)")
-    parser.add_argument("--orderings", type=int, default=ORDERINGS, help="sample orderings per self-consistency question")
-    parser.add_argument("--round-size", type=int, help="replay self-consistency in rounds of this many samples after "
-                        "the first (default: as recorded; every sample is in the trace, so any schedule replays)")
+    add_replay_arguments(parser)
     args = parser.parse_args(argv)
-    for name in ("orderings", "round_size"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')}: must be >= 1, got {value}")
+    check_replay_arguments(parser, args)
     try:
         traces = [t for path in args.traces for t in load_traces(path)]
         programs = sorted({t["program"] for t in traces})

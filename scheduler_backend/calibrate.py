@@ -24,7 +24,17 @@ import numpy as np
 from scheduler_backend.allocation import AllocationPolicy, CurvePolicy, ThresholdPolicy, UniformPolicy, policy_to_dict
 from scheduler_backend.budget_curve import Curve
 from scheduler_backend.errors import RequestError
-from scheduler_backend.replay import ORDERINGS, Outcome, Table, build_table, per_ordering, replay, settled_column
+from scheduler_backend.replay import (
+    ORDERINGS,
+    Outcome,
+    Table,
+    add_replay_arguments,
+    build_table,
+    check_replay_arguments,
+    per_ordering,
+    replay,
+    settled_column,
+)
 from scheduler_backend.traces import load_traces, split_of
 
 SETTLE_GRID = tuple(round(0.3 + 0.05 * i, 2) for i in range(15))  # 0.30 .. 1.00
@@ -230,16 +240,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--program", help="calibrate only traces of this program (required when the files mix programs)")
     parser.add_argument("--hopeless", action=argparse.BooleanOptionalAction, default=True,
                         help="also try cutting programs whose certaindex stays low")
-    parser.add_argument("--orderings", type=int, default=ORDERINGS, help="sample orderings replayed per self-consistency question")
-    parser.add_argument("--round-size", type=int, help="self-consistency rounds after the first, as the server will run "
-                        "them (default: as recorded; every sample is in the trace, so any schedule replays)")
+    add_replay_arguments(parser)
     args = parser.parse_args(argv)
     if not 0.0 <= args.max_accuracy_drop <= 1.0:
         parser.error(f"--max-accuracy-drop: must be in [0, 1], got {args.max_accuracy_drop}")
-    for name in ("orderings", "round_size"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')}: must be >= 1, got {value}")
+    check_replay_arguments(parser, args)
     try:
         traces = [t for path in args.traces for t in load_traces(path)]
         if args.program is not None:

@@ -14,6 +14,7 @@ the Dynasor paper's Figure 13 baseline) and an oracle that knows the gold answer
 """
 from __future__ import annotations
 
+import argparse
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -266,3 +267,18 @@ def build_table(traces: Sequence[dict[str, Any]], orderings: int = ORDERINGS, se
                  ordering=np.concatenate([np.arange(c) for c in counts]).astype(np.int64),
                  per_sample=per_sample, detect_step=detect, round_size=round_size)
 
+
+
+def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
+    """The two replay knobs `dynasor replay` and `dynasor calibrate` share."""
+    parser.add_argument("--orderings", type=int, default=ORDERINGS, help="sample orderings replayed per self-consistency question")
+    parser.add_argument("--round-size", type=int, help="self-consistency rounds after the first, as the server will run "
+                        "them (default: as recorded; every sample is in the trace, so any schedule replays)")
+
+
+def check_replay_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse knob values below 1 with argparse's own error (exit 2)."""
+    for name in ("orderings", "round_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')}: must be >= 1, got {value}")
