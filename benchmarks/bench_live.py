@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--traces", default="data/traces/gsm8k-test-sc16.jsonl")
     ap.add_argument("--questions", type=int, default=50, help="held-out GSM8K questions run live")
-    ap.add_argument("--transfer", type=int, default=32, help="grade-school problems run under both allocations")
+    ap.add_argument("--transfer", type=int, default=32, help="grade-school problems run under both allocations (0: skip)")
     ap.add_argument("--model", default="qwen2.5-coder-0.5b")
     ap.add_argument("--concurrency", type=int, default=8)
     args = ap.parse_args(argv)
@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     inside = tokens_o.min() <= live_tokens <= tokens_o.max() and right_o.min() <= live_right <= right_o.max()
     print(f"live within the replay's range over orderings: {'yes' if inside else 'no'}")
 
+    if not problems:
+        return 0
     spent = sum(t for t, _ in calibrated) / max(sum(t for t, _ in uniform), 1)
     lost = sum(u and not c for (_, c), (_, u) in zip(calibrated, uniform))
     gained = sum(c and not u for (_, c), (_, u) in zip(calibrated, uniform))
