@@ -83,6 +83,7 @@ def _arguments(parser: LocustArgumentParser) -> None:
     group.add_argument("--grpc-url", default="127.0.0.1:8001", help="the server's gRPC host:port (DynasorGrpcUser, BaselineUser)")
     group.add_argument("--http-url", default="127.0.0.1:8000", help="the server's HTTP host:port (DynasorHttpUser)")
     group.add_argument("--dataset", default="grade-school", choices=["grade-school", "gsm8k"])
+    group.add_argument("--questions", type=int, default=0, help="draw from the first N questions of the test split (0: all)")
     group.add_argument("--program", default="self-consistency", help="the dynasor program; the baseline is always self-consistency")
     group.add_argument("--budget", type=int, default=8, help="dynasor's budget, and the baseline's n")
     group.add_argument("--max-tokens", type=int, default=640, help="tokens per sample, both")
@@ -100,7 +101,9 @@ def _options(env: Environment) -> Any:
 def _start(environment: Environment, **_: Any) -> None:
     o = _options(environment)
     program_deadline(o.slo_scale, o.base_deadline_s)  # refuses bad values before any program runs
-    _Run.problems = load(o.dataset)
+    if o.questions < 0:
+        raise ValueError(f"questions: must be >= 0, got {o.questions}")
+    _Run.problems = load(o.dataset, "test", o.questions or None)
     _Run.records = []
     _Run.started = time.monotonic()
 
@@ -125,7 +128,7 @@ def _stop(environment: Environment, **_: Any) -> None:
     print(format_summary(summary))
     if o.summary_json:
         settings = {k: getattr(o, k) for k in ("program_rate", "slo_scale", "base_deadline_s", "deadline_grace_s", "dataset", "program",
-                                               "budget", "max_tokens", "dynasor_options", "seed")}
+                                               "budget", "max_tokens", "dynasor_options", "seed", "questions")}
         settings["unfinished_at_stop"] = unfinished
         path = Path(o.summary_json)
         path.parent.mkdir(parents=True, exist_ok=True)
