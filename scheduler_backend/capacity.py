@@ -10,8 +10,9 @@ fall in geometric buckets of sequences in flight (`ratio` apart); each bucket ke
 its tokens/s and of its sequences (a mean over its first windows, then an EMA), and counts once
 it has `min_windows` windows. Only tried buckets are known, so it moves one bucket at a time:
 
-- up, while the largest bucket tried is faster than every smaller one (more concurrency may
-  still pay; a curve that keeps rising is followed to the ceiling);
+- up, while the largest bucket tried is faster than every smaller one by `min_gain` (more
+  concurrency still pays; a curve that keeps rising is followed to the ceiling, a plateau is
+  not chased for gains within its noise);
 - otherwise to the *knee*: the smallest bucket whose tokens/s is at least `knee` x the best one's;
 - down, when the knee is the smallest bucket tried (a smaller one might be just as fast).
 
@@ -39,7 +40,8 @@ class ConcurrencyController:
     it has measured enough."""
 
     def __init__(self, initial_programs: int = 16, max_seqs: float = 256.0, min_seqs: float = 1.0,
-                 knee: float = 0.9, ratio: float = 2**0.5, alpha: float = 0.3, min_windows: int = 2):
+                 knee: float = 0.9, ratio: float = 2**0.5, min_gain: float = 0.05, alpha: float = 0.3,
+                 min_windows: int = 2):
         if isinstance(initial_programs, bool) or not isinstance(initial_programs, int) or initial_programs < 1:
             raise ValueError(f"initial_programs: must be an integer >= 1, got {initial_programs!r}")
         if not (math.isfinite(min_seqs) and 0 < min_seqs <= max_seqs and math.isfinite(max_seqs)):
@@ -49,6 +51,8 @@ class ConcurrencyController:
         if not (math.isfinite(ratio) and ratio * knee > 1):
             # Otherwise neighbouring buckets are always within the knee: even a linear curve looks flat.
             raise ValueError(f"ratio: must be finite and > 1 / knee, got {ratio!r} with knee {knee!r}")
+        if not (math.isfinite(min_gain) and min_gain >= 0):
+            raise ValueError(f"min_gain: must be finite and >= 0, got {min_gain!r}")
         if not 0 < alpha <= 1:
             raise ValueError(f"alpha: must be in (0, 1], got {alpha!r}")
         if min_windows < 1:
@@ -58,15 +62,16 @@ class ConcurrencyController:
         self.min_seqs = float(min_seqs)
         self.knee = knee
         self.ratio = ratio
+        self.min_gain = min_gain
         self.alpha = alpha
         self.min_windows = min_windows
         self.seqs_per_program: float | None = None  # EMA of sequences in flight per running program
         self._buckets: dict[int, _Bucket] = {}
 
-    def observe(self, seqs_in_flight: float, tokens_per_s: float, running_programs: int = 0) -> None:
-        """One window: its time-weighted mean sequences in flight, its tokens/s, and the programs
-        running at its end (0: unknown, the per-program estimate is left as it is). A window
-        without sequences in flight says nothing about capacity and is ignored."""
+    def observe(self, seqs_in_flight: float, tokens_per_s: float, running_programs: float = 0.0) -> None:
+        """One window: its time-weighted mean sequences in flight, tokens/s, and mean programs
+        running (0: unknown, the per-program estimate is left as it is). A window without
+        sequences in flight says nothing about capacity and is ignored."""
         if not (math.isfinite(seqs_in_flight) and seqs_in_flight > 0 and math.isfinite(tokens_per_s) and tokens_per_s >= 0):
             return
         index = self._index(seqs_in_flight)
@@ -107,7 +112,7 @@ class ConcurrencyController:
         if not counted:
             return None
         top_index, top = counted[-1]
-        if all(b.tokens_per_s < top.tokens_per_s for _, b in counted[:-1]):
+        if all(b.tokens_per_s * (1 + self.min_gain) < top.tokens_per_s for _, b in counted[:-1]):
             above = self._clamp(top.seqs * self.ratio)
             if self._index(above) > top_index:
                 return above, False

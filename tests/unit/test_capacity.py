@@ -2,6 +2,7 @@
 programs it allows (enough waiting), each keeping the same sequences in flight."""
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 
@@ -12,9 +13,12 @@ from scheduler_backend.capacity import ConcurrencyController
 SEQS_PER_PROGRAM = 4.0
 
 
+KNEE = 12 * math.log(10)  # 27.6 sequences reach 90% of the best
+
+
 def saturating(seqs: float) -> float:
-    """Tokens/s that grows with the batch and levels off: 90% of the best at 36 sequences."""
-    return 1000.0 * seqs / (seqs + 4.0)
+    """Tokens/s that grows with the batch and levels off."""
+    return 1000.0 * (1 - math.exp(-seqs / 12))
 
 
 def linear(seqs: float) -> float:
@@ -46,10 +50,10 @@ def test_a_cold_start_uses_the_initial_value_until_a_bucket_counts():
 def test_a_saturating_curve_settles_near_the_knee():
     controller = ConcurrencyController(initial_programs=1)
     history = drive(controller, saturating, 200)
-    # The knee: 36 sequences (9 programs) reach 90% of the best; sqrt(2) buckets put it within one step.
+    # sqrt(2) buckets put the knee within one step.
     assert history[-50:] == [history[-1]] * 50, "it settles"
     seqs = history[-1] * SEQS_PER_PROGRAM
-    assert 36 / 2**0.5 <= seqs <= 36 * 2**0.5 + SEQS_PER_PROGRAM
+    assert KNEE / 2**0.5 <= seqs <= KNEE * 2**0.5 + SEQS_PER_PROGRAM
     assert saturating(seqs) >= 0.85 * max(saturating(s) for s in range(1, 257))
 
 
@@ -57,7 +61,7 @@ def test_from_a_high_start_it_comes_down_to_the_knee():
     controller = ConcurrencyController(initial_programs=64)
     history = drive(controller, saturating, 200)
     assert history[-50:] == [history[-1]] * 50
-    assert 36 / 2**0.5 <= history[-1] * SEQS_PER_PROGRAM <= 36 * 2**0.5 + SEQS_PER_PROGRAM
+    assert KNEE / 2**0.5 <= history[-1] * SEQS_PER_PROGRAM <= KNEE * 2**0.5 + SEQS_PER_PROGRAM
 
 
 def test_a_linear_curve_keeps_growing_to_the_ceiling():
@@ -118,6 +122,7 @@ def test_windows_without_sequences_in_flight_are_ignored():
     ({"min_seqs": 10, "max_seqs": 5}, "min_seqs"),
     ({"knee": 1.5}, "knee"),
     ({"ratio": 1.05}, "ratio"),
+    ({"min_gain": -0.1}, "min_gain"),
     ({"alpha": 0}, "alpha"),
     ({"min_windows": 0}, "min_windows"),
 ])
