@@ -7,9 +7,11 @@ owns, and return its best answer so far.
 
 It also measures what the scheduler predicts with: the engine's tokens/s while programs run (its
 share per running program is the rate deadline urgency uses) and tokens per knob unit per
-program kind (the job size of a program that has not finished a step yet). A program whose step
-results add nothing (no samples, no tokens, no scores) is stopped with ERROR after a few in a row
-instead of asking again at once, forever.
+program kind (the job size of a program that has not finished a step yet). Given a
+`ConcurrencyController`, each throughput window, with its mean sequences in flight, sets how many
+programs the scheduler runs at once. A program whose step results add nothing (no samples, no
+tokens, no scores) is stopped with ERROR after a few in a row instead of asking again at once,
+forever.
 """
 from __future__ import annotations
 
