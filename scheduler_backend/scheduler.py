@@ -90,8 +90,7 @@ class Scheduler:
         policy: SchedulingPolicy | str = SchedulingPolicy.SJF,
         work_per_s: float | None = None,
     ):
-        if isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 1:
-            raise ValueError(f"max_running: must be an integer >= 1, got {max_running!r}")
+        _check_max_running(max_running)
         if not (math.isfinite(aging_per_s) and aging_per_s > 0):
             # 0 is pure SJF: a stream of short programs holds a long one back forever.
             raise ValueError(f"aging_per_s: must be finite and > 0 (0 lets a long program starve), got {aging_per_s!r}")
@@ -166,6 +165,13 @@ class Scheduler:
         uses it from each program's next arrival or update on."""
         _check_rate(work_per_s)
         self.work_per_s = work_per_s
+
+    def set_max_running(self, max_running: int) -> None:
+        """A new limit on programs running at once (the measured capacity moved). Lowering it
+        stops no running program, admission waits until fewer run; raising it admits at the next
+        `schedule`."""
+        _check_max_running(max_running)
+        self.max_running = max_running
 
     def priority(self, pid: str) -> int:
         """The program's current engine priority (lower runs first)."""
@@ -277,6 +283,11 @@ class Scheduler:
     def _valid_due(self, entry: tuple[float, int, int, str]) -> bool:
         prog = self._programs.get(entry[3])
         return prog is not None and prog.seq == entry[1] and prog.version == entry[2] and not prog.urgent
+
+
+def _check_max_running(max_running: int) -> None:
+    if isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 1:
+        raise ValueError(f"max_running: must be an integer >= 1, got {max_running!r}")
 
 
 def _check_rate(work_per_s: float | None) -> None:

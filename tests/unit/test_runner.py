@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import Executor, Future
 
 from engines.scripted import ScriptedEngine
+from scheduler_backend.capacity import ConcurrencyController
 from scheduler_backend.program import StopReason
 from scheduler_backend.registry import create
 from scheduler_backend.runner import MAX_STEPS_WITHOUT_PROGRESS, ProgramRunner, ThroughputMeter
@@ -213,3 +215,83 @@ def test_the_runner_learns_tokens_per_unit_and_feeds_a_measured_rate_to_the_sche
     assert runner.tokens_per_unit("mcts") == runner.tokens_per_unit_prior, "learned per kind of program"
     # 2 samples x 10 tokens per round in ~0.15 s: about 130 tok/s, never more than all of it at once.
     assert scheduler.work_per_s is not None and 20 < scheduler.work_per_s < 400
+
+
+def test_throughput_windows_carry_the_mean_sequences_in_flight():
+    windows = []
+    meter = ThroughputMeter(window_s=1.0)
+    meter.on_window = lambda seqs, programs, rate: windows.append((seqs, programs, rate))
+    meter.busy(0.0)
+    meter.programs_running(2, 0.0)
+    meter.sequences_changed(4, 0.0)
+    meter.sequences_changed(-2, 0.5)  # 4 for half the window, 2 for the other half
+    meter.programs_running(1, 0.75)
+    meter.add(30, 1.0)
+    assert windows == [(3.0, 1.75, 30.0)]
+    meter.sequences_changed(-2, 1.5)
+    meter.idle(2.0)
+    assert meter.sequences == 0 and len(windows) == 1, "a window without tokens is no sample"
+    meter.sequences_changed(8, 10.0)
+    meter.busy(10.0)
+    meter.add(80, 11.0)
+    assert windows[-1] == (8.0, 1.0, 80.0), "idle time is not counted"
+
+
+class CapacityCurve(ScriptedEngine):
+    """Time passes with the tokens it streams, at a rate set by the sequences in flight: tokens/s
+    grows linearly up to `knee_seqs` sequences, then stays. The runner's clock is `self.now`."""
+
+    def __init__(self, knee_seqs: int, peak_tokens_per_s: float = 1000.0):
+        counter = iter(range(10**6))
+        super().__init__(lambda call, i: "w " * 30 + f"\\boxed{{{next(counter)}}}", deltas_per_sample=30)
+        self.knee_seqs = knee_seqs
+        self.peak = peak_tokens_per_s
+        self.now = 0.0
+        self.in_flight = 0
+        self.peak_in_flight = 0
+
+    async def generate(self, call):
+        self.in_flight += call.sampling.n
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            async for deltas in super().generate(call):
+                await asyncio.sleep(0)  # let the other streams take turns, as a batch does
+                rate = self.peak * min(self.in_flight, self.knee_seqs) / self.knee_seqs
+                self.now += sum(d.num_tokens for d in deltas) / rate
+                yield deltas
+        finally:
+            self.in_flight -= call.sampling.n
+
+
+class Inline(Executor):
+    """Programs digest results at once: no engine time passes meanwhile, as on a real engine
+    where that takes milliseconds (on a thread, this engine's clock would race ahead)."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        future = Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
+
+
+def test_the_runner_sets_max_running_from_the_measured_capacity():
+    """The engine gains up to 12 sequences in flight; each program keeps 2 (round_size 2): from
+    one program at a time the runner grows to about 6 to 9, not the 40 waiting."""
+    engine = CapacityCurve(knee_seqs=12)
+    scheduler = Scheduler(max_running=40)
+    runner = ProgramRunner(engine, scheduler, clock=lambda: engine.now,
+                           concurrency=ConcurrencyController(initial_programs=1, min_windows=1))
+    assert scheduler.max_running == 1, "the controller's cold start replaces the scheduler's limit"
+    runner._results = Inline()
+    runner.throughput.window_s = 0.5
+    limits = []
+    runner.throughput.on_window = lambda *window: (runner._learn_capacity(*window), limits.append(scheduler.max_running))
+
+    async def go():
+        return await asyncio.gather(*(runner.run(f"p{i}", sc(budget=16)) for i in range(40)))
+
+    states = asyncio.run(go())
+    assert all(s.stop_reason is StopReason.CAP for s in states)
+    assert limits[:3] == [2, 3, 4], "it explores up while more sequences pay"
+    settled = limits[len(limits) // 3:]
+    assert all(5 <= n <= 12 for n in settled), limits
+    assert engine.peak_in_flight <= 2 * max(limits)

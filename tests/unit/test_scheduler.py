@@ -23,6 +23,23 @@ def test_sjf_admits_by_predicted_remaining_work() -> None:
     assert sched.schedule(0.0).admit == ["e", "c"]
 
 
+def test_changing_max_running_never_evicts_and_raising_it_admits_at_the_next_schedule() -> None:
+    sched = Scheduler(max_running=3)
+    for pid, work in [("a", 10), ("b", 20), ("c", 30), ("d", 40), ("e", 50)]:
+        sched.add(pid, 0.0, work)
+    assert sched.schedule(0.0).admit == ["a", "b", "c"]
+    sched.set_max_running(1)
+    assert sched.running == 3, "running programs keep running"
+    sched.remove("a")
+    sched.remove("b")
+    assert sched.schedule(0.0).admit == [], "one still runs: at the new limit"
+    sched.set_max_running(3)
+    assert sched.running == 1
+    assert sched.schedule(0.0).admit == ["d", "e"]
+    with pytest.raises(ValueError, match="^max_running:"):
+        sched.set_max_running(0)
+
+
 def test_update_of_a_waiting_program_reorders_it() -> None:
     sched = Scheduler(max_running=1)
     sched.add("a", 0.0, 10)

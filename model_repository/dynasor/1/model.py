@@ -20,6 +20,7 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 from program_request import CancelRequest, default_allocation, parse_program_request  # noqa: E402
 
 from engines.triton_bls import STUB_LOCK, BlsEngine  # noqa: E402
+from scheduler_backend.capacity import ConcurrencyController  # noqa: E402
 from scheduler_backend.engine import Engine  # noqa: E402
 from scheduler_backend.errors import RequestError  # noqa: E402
 from scheduler_backend.program import ProgramState, StopReason  # noqa: E402
@@ -68,11 +69,14 @@ class TritonPythonModel:
             self.engine = BlsEngine(p.get("policy_model", "policy"), p.get("reward_model", "reward"), calls)
         else:
             raise pb_utils.TritonModelException(f"parameters.engine: 'grpc' or 'bls', got {engine!r}")
-        scheduler = Scheduler(max_running=int(p.get("max_running_programs", "16")), aging_per_s=float(p.get("aging_per_s", "50")),
+        max_running, concurrency = _max_running(p)
+        scheduler = Scheduler(max_running=max_running, aging_per_s=float(p.get("aging_per_s", "50")),
                               policy=SchedulingPolicy(p.get("scheduling_policy", "sjf")))
-        self.runner = ProgramRunner(self.engine, scheduler)
+        self.runner = ProgramRunner(self.engine, scheduler, concurrency=concurrency)
         self.metrics = Metrics(args["model_name"], _METRICS)
         self.in_flight = self.metrics.metric("dynasor_programs_in_flight")
+        self.max_running = self.metrics.metric("dynasor_max_running_programs")
+        self.max_running.set(scheduler.max_running)
         self.logger = pb_utils.Logger
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="dynasor-loop", daemon=True)
@@ -116,6 +120,7 @@ class TritonPythonModel:
             if req.client_id is not None:
                 self._per_client[req.client_id] = self._per_client.get(req.client_id, 0) + 1
             self.in_flight.increment(1)
+            self.max_running.set(self.runner.scheduler.max_running)
         watcher = asyncio.ensure_future(self._watch_cancel(sender, pid))
 
         def progress(state: ProgramState) -> None:
@@ -130,6 +135,7 @@ class TritonPythonModel:
             watcher.cancel()
             with STUB_LOCK:
                 self.in_flight.increment(-1)
+                self.max_running.set(self.runner.scheduler.max_running)
                 del self._programs[program_id]
                 if req.client_id is not None:
                     self._per_client[req.client_id] -= 1
@@ -206,6 +212,19 @@ class TritonPythonModel:
         self.engine.shutdown()
 
 
+def _max_running(p: dict) -> tuple[int, ConcurrencyController | None]:
+    """`max_running_programs`: an integer is fixed; "auto" follows the engine's measured capacity
+    (16 until measured), keeping at most `max_sequences_in_flight` sequences in flight."""
+    value = p.get("max_running_programs", "auto").strip()
+    if value != "auto":
+        try:
+            return int(value), None
+        except ValueError:
+            raise pb_utils.TritonModelException(f'parameters.max_running_programs: "auto" or an integer, got {value!r}') from None
+    controller = ConcurrencyController(max_seqs=float(p.get("max_sequences_in_flight", "256")))
+    return controller.max_running, controller
+
+
 def _response(state: ProgramState, program_id: str):
     details = {"budget": state.budget, "program_id": program_id, **state.extra}
     tensors = [
@@ -222,6 +241,7 @@ def _response(state: ProgramState, program_id: str):
 
 _METRICS = (
     ("dynasor_programs_in_flight", "Reasoning programs running or queued", "gauge"),
+    ("dynasor_max_running_programs", "Programs allowed to issue engine requests at once (auto: from measured capacity)", "gauge"),
     ("dynasor_programs_total", "Programs ended, by program and stop reason", "counter"),
     ("dynasor_program_certaindex_at_stop", "Certaindex of programs when they stopped", "histogram"),
     ("dynasor_program_tokens_used_total", "Tokens generated for programs", "counter"),
