@@ -221,7 +221,7 @@ def _max_running(p: dict) -> tuple[int, ConcurrencyController | None]:
             return int(value), None
         except ValueError:
             raise pb_utils.TritonModelException(f'parameters.max_running_programs: "auto" or an integer, got {value!r}') from None
-    controller = ConcurrencyController(max_seqs=float(p.get("max_sequences_in_flight", "256")))
+    controller = ConcurrencyController(max_seqs=float(p.get("max_sequences_in_flight", "64")))
     return controller.max_running, controller
 
 
