@@ -127,6 +127,11 @@ class ReasoningProgram(abc.ABC):
     def best_answer(self) -> str | None:
         """The answer the program would return if stopped now."""
 
+    def has_answer(self) -> bool:
+        """Whether `best_answer` would give one; drivers ask on their event loop, so programs
+        whose `best_answer` compares answers override it with a cheap check."""
+        return self.best_answer() is not None
+
     @abc.abstractmethod
     def steps_used(self) -> int:
         """Units of the scaled knob spent so far (compared against `budget`)."""

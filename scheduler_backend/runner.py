@@ -201,7 +201,7 @@ class ProgramRunner:
         if deadline is None or rate is None or program.done:
             return
         fit = math.floor(max(deadline - self.clock(), 0.0) * rate / self._unit_cost(program))
-        if fit < 1 and program.best_answer() is not None:
+        if fit < 1 and program.has_answer():
             program.stop(StopReason.DEADLINE)
         else:
             program.limit_budget(program.steps_used() + max(fit, 1))
@@ -340,7 +340,7 @@ class ProgramRunner:
         live.probe_considered = True
         program = live.program
         partials = [s.text for key in sorted(live.partials) for _, s in sorted(live.partials[key].items()) if s.text]
-        if not partials or program.best_answer() is not None:
+        if not partials or program.has_answer():
             return
         steps = program.probe_steps(partials)
         if not steps:

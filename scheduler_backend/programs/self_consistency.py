@@ -95,6 +95,9 @@ class SelfConsistency(PolicyProgram):
     def best_answer(self) -> str | None:
         return majority_answer(self.answers)[0]
 
+    def has_answer(self) -> bool:
+        return any(a is not None for a in self.answers)
+
     def steps_used(self) -> int:
         return len(self.answers)
 
