@@ -173,3 +173,13 @@ def test_probes_that_do_not_return_by_the_deadline_do_not_hold_the_program():
     assert state.stop_reason is StopReason.DEADLINE and state.answer is None
     assert 0.5 <= elapsed < 0.8
     assert sorted(engine.aborted) == ["p:probe0", "p:probe1", "p:probe2", "p:probe3", "p:round1"]
+
+
+def test_runner_options_are_checked_by_name():
+    for options, field in (({"admission": "some"}, "admission:"), ({"probe_s": -1.0}, "probe_s:")):
+        try:
+            ProgramRunner(AGREE_ENGINE, Scheduler(), **options)
+        except ValueError as e:
+            assert str(e).startswith(field)
+        else:
+            raise AssertionError(f"{options} was accepted")
