@@ -7,6 +7,7 @@ A driver loops: `next_steps()` -> run them on an engine -> `on_result()` for eac
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar
@@ -126,6 +127,11 @@ class ReasoningProgram(abc.ABC):
     def best_answer(self) -> str | None:
         """The answer the program would return if stopped now."""
 
+    def has_answer(self) -> bool:
+        """Whether `best_answer` would give one; drivers ask on their event loop, so programs
+        whose `best_answer` compares answers override it with a cheap check."""
+        return self.best_answer() is not None
+
     @abc.abstractmethod
     def steps_used(self) -> int:
         """Units of the scaled knob spent so far (compared against `budget`)."""
@@ -134,6 +140,30 @@ class ReasoningProgram(abc.ABC):
         """Knob units this program is still expected to spend; the scheduler's job size.
         The default assumes the worst (run to the cap); allocators refine it."""
         return 0.0 if self.done else float(max(self.budget - self.steps_used(), 0))
+
+    def units_committed(self) -> int:
+        """Knob units spent or in flight: what `limit_budget` never cuts below."""
+        return self.steps_used()
+
+    def first_units(self) -> int:
+        """Knob units the first step asks for: the least work the program needs before it can
+        answer (admission control sizes a deadline's feasibility by it)."""
+        return 1
+
+    def limit_budget(self, units: int) -> int:
+        """Lower the budget to `units` (a deadline leaves time for no more), never below the
+        units spent or in flight, nor below 1; returns the budget. A program with nothing left
+        to issue or await stops at its cap, since it would issue no step."""
+        self.budget = min(self.budget, max(units, self.units_committed(), 1))
+        if not self.done and self.budget <= self.steps_used() == self.units_committed():
+            self._finish(StopReason.CAP)
+        return self.budget
+
+    def probe_steps(self, partials: Sequence[str]) -> list[Step]:
+        """Steps that draw answers out of unfinished samples (`partials`: the text each had when
+        its generation was cut), asked when a deadline comes before the program has an answer;
+        their results come back through `on_result`. None by default: not every program can."""
+        return []
 
     def stop(self, reason: StopReason) -> None:
         """Stop from outside (deadline, cancel, engine error); keeps the first reason."""

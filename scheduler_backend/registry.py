@@ -19,7 +19,7 @@ from scheduler_backend.answers import ANSWER_FORMATS
 from scheduler_backend.errors import RequestError
 from scheduler_backend.program import ReasoningProgram
 from scheduler_backend.programs import EFFORTS, CotProbe, Mcts, Rebase, SelfConsistency
-from scheduler_backend.programs.cot_probe import PROBE_SAMPLING
+from scheduler_backend.programs.base import PROBE_SAMPLING
 from scheduler_backend.prompts import PROMPTS
 
 

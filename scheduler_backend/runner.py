@@ -12,10 +12,18 @@ program kind (the job size of a program that has not finished a step yet). Given
 programs the scheduler runs at once. A program whose step results add nothing (no samples, no
 tokens, no scores) is stopped with ERROR after a few in a row instead of asking again at once,
 forever.
+
+What it measures also serves deadlines. Before a program with a deadline issues new steps, its
+budget shrinks to the knob units that fit before the deadline at the per-program rate (one that
+has an answer and has no time for even one more unit stops at once, DEADLINE, freeing its
+compute). With `admission="feasible"`, `refusal` turns away a program whose deadline cannot fit
+even its first step. With `probe_s`, a program still without an answer that long before its
+deadline has its unfinished samples probed for the answers they were heading to.
 """
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -33,12 +41,13 @@ from scheduler_backend.program import (
     StepResult,
     StopReason,
 )
-from scheduler_backend.scheduler import Scheduler
+from scheduler_backend.scheduler import MOST_URGENT, Scheduler
 
 ProgressCallback = Callable[[ProgramState], "Awaitable[None] | None"]
 ResultCallback = Callable[[StepResult], None]
 
 MAX_STEPS_WITHOUT_PROGRESS = 3
+ADMISSIONS = ("all", "feasible")
 
 
 WindowCallback = Callable[[float, float, float], None]
@@ -128,6 +137,9 @@ class _Live:
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     tokens_in_flight: int = 0  # streamed for steps not finished yet: progress before the first result
     idle_steps: int = 0  # consecutive step results that added nothing
+    start: float = 0.0
+    partials: dict[str, dict[int, Sample]] = field(default_factory=dict)  # step key -> samples so far
+    probe_considered: bool = False  # its probe time came (probed or not, it is not probed again)
 
 
 class ProgramRunner:
@@ -135,7 +147,11 @@ class ProgramRunner:
 
     def __init__(self, engine: Engine, scheduler: Scheduler, clock: Callable[[], float] = time.monotonic,
                  tokens_per_unit_prior: float = 256.0, progress_interval_s: float | None = 1.0,
-                 concurrency: ConcurrencyController | None = None):
+                 concurrency: ConcurrencyController | None = None, admission: str = "all", probe_s: float = 0.0):
+        if admission not in ADMISSIONS:
+            raise ValueError(f"admission: must be one of {', '.join(ADMISSIONS)}, got {admission!r}")
+        if not (math.isfinite(probe_s) and probe_s >= 0):
+            raise ValueError(f"probe_s: must be finite and >= 0 (0 disables probing), got {probe_s!r}")
         self.engine = engine
         self.scheduler = scheduler
         self.clock = clock
@@ -145,6 +161,9 @@ class ProgramRunner:
         # Between results a program still reports, this often, the tokens its steps are generating.
         self.progress_interval_s = progress_interval_s
         self._live: dict[str, _Live] = {}
+        self.admission = admission
+        # A program with a deadline and no answer this long before it gets its partial samples probed.
+        self.probe_s = probe_s
         # Programs digest results here, one at a time, off the event loop: comparing answers can
         # take up to its time limit, and the loop keeps every other program's streams moving.
         self._results = ThreadPoolExecutor(max_workers=1, thread_name_prefix="program-results")
@@ -173,13 +192,20 @@ class ProgramRunner:
         """Tokens one knob unit of this kind of program has cost so far (the prior until one ran)."""
         return self._unit_tokens.get(program_name, self.tokens_per_unit_prior)
 
-    def _predicted_work(self, live: _Live) -> float:
-        """Scheduler job size in tokens: remaining knob units times tokens per unit seen so far
-        (this program's own, else what its kind has cost)."""
-        program = live.program
+    def _unit_cost(self, program: ReasoningProgram) -> float:
+        """Tokens per knob unit seen so far: this program's own, else what its kind has cost."""
         steps = program.steps_used()
-        per_unit = program.tokens_used / steps if steps and program.tokens_used else self.tokens_per_unit(program.name)
-        return program.predicted_remaining() * per_unit
+        return program.tokens_used / steps if steps and program.tokens_used else self.tokens_per_unit(program.name)
+
+    def _predicted_work(self, live: _Live) -> float:
+        """Scheduler job size in tokens: remaining knob units times tokens per unit seen so far."""
+        return live.program.predicted_remaining() * self._unit_cost(live.program)
+
+    def _rate_per_program(self) -> float | None:
+        """Tokens/s one running program gets: the engine's measured rate shared by the running
+        programs (None until measured)."""
+        rate = self.throughput.rate
+        return rate / max(self.scheduler.running, 1) if rate is not None and rate > 0 else None
 
     def _learn(self, program: ReasoningProgram) -> None:
         """After a result: tokens per unit for the program's kind, and the rate one running
@@ -189,9 +215,44 @@ class ProgramRunner:
             own = program.tokens_used / steps
             seen = self._unit_tokens.get(program.name)
             self._unit_tokens[program.name] = own if seen is None else seen + 0.2 * (own - seen)
-        rate = self.throughput.rate
-        if rate is not None and rate > 0:
-            self.scheduler.set_work_rate(rate / max(self.scheduler.running, 1))
+        rate = self._rate_per_program()
+        if rate is not None:
+            self.scheduler.set_work_rate(rate)
+
+    def refusal(self, program: ReasoningProgram, deadline_s: float | None) -> str:
+        """Why `program` is refused at arrival, or "" to admit it. Only with admission "feasible",
+        and only once a rate is measured: refused when its deadline cannot fit even its first step,
+        estimated as the step's knob units x tokens per unit of its kind at the per-program rate,
+        plus, when every slot is busy, the wait for one: the least predicted remaining work among
+        running programs at that rate (programs already queued are not counted: SJF may put a
+        short one ahead of them)."""
+        rate = self._rate_per_program()
+        if self.admission != "feasible" or deadline_s is None or rate is None:
+            return ""
+        tokens = program.first_units() * self.tokens_per_unit(program.name)
+        need_s = tokens / rate
+        busy = self.scheduler.running >= self.scheduler.max_running
+        wait_s = self.scheduler.least_running_work() / rate if busy else 0.0
+        if wait_s + need_s <= deadline_s:
+            return ""
+        waiting = f", after about {wait_s:.1f} s waiting for a busy slot to free" if wait_s else ""
+        return (f"deadline_s: {deadline_s:g} s cannot be met: the first step of {program.name} needs about "
+                f"{tokens:,.0f} tokens, about {need_s:.1f} s at the measured {rate:,.0f} tokens/s per program{waiting}")
+
+    def _fit_to_deadline(self, live: _Live, deadline: float | None) -> None:
+        """Before new steps: cap the budget to the knob units that fit before the deadline at the
+        per-program rate, so later rounds ask for less instead of being cut. When not one more
+        unit fits, a program with an answer stops now (DEADLINE: on time, its compute freed); one
+        without keeps a single unit, its only chance of an answer."""
+        program = live.program
+        rate = self._rate_per_program()
+        if deadline is None or rate is None or program.done:
+            return
+        fit = math.floor(max(deadline - self.clock(), 0.0) * rate / self._unit_cost(program))
+        if fit < 1 and program.has_answer():
+            program.stop(StopReason.DEADLINE)
+        else:
+            program.limit_budget(program.steps_used() + max(fit, 1))
 
     def _learn_capacity(self, sequences: float, programs: float, tokens_per_s: float) -> None:
         """A throughput window closed: the controller learns from it, and what it proposes is the
@@ -221,7 +282,7 @@ class ProgramRunner:
             raise ValueError(f"program id {pid!r} is already running")
         start = self.clock()
         deadline = None if deadline_s is None else start + deadline_s
-        live = _Live(program)
+        live = _Live(program, start=start)
         self._live[pid] = live
         self.scheduler.add(pid, start, self._predicted_work(live), deadline)
         tasks: dict[asyncio.Task[StepResult], Step] = {}
@@ -269,11 +330,14 @@ class ProgramRunner:
         cancel_wait = asyncio.ensure_future(live.cancelled.wait())
         try:
             while not program.done:
+                self._fit_to_deadline(live, deadline)
+                if program.done:
+                    return ""
                 for step in program.next_steps():
                     tasks[asyncio.ensure_future(self._run_step(pid, live, step))] = step
                 if not tasks:
                     return f"program {program.name} issued no step and is not done"
-                timeout = self._time_left(deadline)
+                timeout = self._time_left(self._wake_at(live, deadline))
                 tick = self.progress_interval_s if on_progress is not None else None
                 ticking = tick is not None and (timeout is None or tick < timeout)
                 done, _ = await asyncio.wait([*tasks, cancel_wait], timeout=tick if ticking else timeout,
@@ -282,6 +346,10 @@ class ProgramRunner:
                     program.stop(StopReason.CANCELLED)
                     return ""
                 if not done and not ticking:
+                    if not live.probe_considered and deadline is not None and self.probe_s > 0:
+                        await self._probe(pid, live, deadline, tasks, on_result)
+                        if not program.done:
+                            continue  # nothing to probe: wait on until the deadline
                     program.stop(StopReason.DEADLINE)
                     return ""
                 if not done:
@@ -313,6 +381,41 @@ class ProgramRunner:
         finally:
             cancel_wait.cancel()
 
+    def _wake_at(self, live: _Live, deadline: float | None) -> float | None:
+        """When waiting on steps ends at the latest: the deadline, or the probe time before it
+        (`probe_s` before, or halfway for a deadline shorter than twice that)."""
+        if deadline is None or self.probe_s <= 0 or live.probe_considered:
+            return deadline
+        return deadline - min(self.probe_s, (deadline - live.start) / 2)
+
+    async def _probe(self, pid: str, live: _Live, deadline: float, tasks: dict[asyncio.Task[StepResult], Step],
+                     on_result: ResultCallback | None) -> None:
+        """Probe time of a program with no answer yet: cut its generation, run the probe steps it
+        builds from the partial samples at the most urgent priority, give it what returns by the
+        deadline and stop it there (DEADLINE). Without partial samples or probe steps it goes on."""
+        live.probe_considered = True
+        program = live.program
+        partials = [s.text for key in sorted(live.partials) for _, s in sorted(live.partials[key].items()) if s.text]
+        if not partials or program.has_answer():
+            return
+        steps = program.probe_steps(partials)
+        if not steps:
+            return
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        tasks.clear()
+        probes = {asyncio.ensure_future(self._run_step(pid, live, step, MOST_URGENT)): step for step in steps}
+        tasks.update(probes)  # cancelled by run() if still out at the deadline
+        done, _ = await asyncio.wait(probes, timeout=self._time_left(deadline))
+        for task in done:
+            tasks.pop(task)
+            if task.exception() is None:  # a failed probe only means one answer fewer
+                await asyncio.get_running_loop().run_in_executor(self._results, program.on_result, task.result())
+                if on_result is not None:
+                    on_result(task.result())
+        program.stop(StopReason.DEADLINE)
+
     @staticmethod
     async def _report(live: _Live, on_progress: ProgressCallback | None) -> None:
         if on_progress is None:
@@ -323,7 +426,7 @@ class ProgramRunner:
         if asyncio.iscoroutine(maybe):
             await maybe
 
-    async def _run_step(self, pid: str, live: _Live, step: Step) -> StepResult:
+    async def _run_step(self, pid: str, live: _Live, step: Step, priority: int | None = None) -> StepResult:
         if isinstance(step, ScoreStep):
             scores = await self.engine.score(step.question, list(step.candidates))
             return StepResult(step.key, scores=scores)
@@ -333,9 +436,9 @@ class ProgramRunner:
             sampling=step.sampling,
             messages=step.messages,
             prompt=step.prompt,
-            priority=self.scheduler.priority(pid),
+            priority=self.scheduler.priority(pid) if priority is None else priority,
         )
-        samples: dict[int, Sample] = {}
+        samples = live.partials[step.key] = {}  # kept while it runs: probing reads the partial texts
         in_flight = step.sampling.n
         self.throughput.sequences_changed(in_flight, self.clock())
         try:
@@ -358,4 +461,5 @@ class ProgramRunner:
             raise
         finally:
             self.throughput.sequences_changed(-in_flight, self.clock())
+            live.partials.pop(step.key, None)
         return StepResult(step.key, samples=[samples[i] for i in sorted(samples)])

@@ -46,6 +46,8 @@ _INT31 = 2**31 - 1
 _URGENT_BASE = -(2**30)
 _DEADLINE_QUANTUM_S = 0.01  # EDF resolution of urgent priorities
 _COMPACT_SLACK = 64  # rebuild a heap once stale entries outnumber live ones by this much
+# Before every program's priority, urgent ones included: for requests that must beat a deadline.
+MOST_URGENT = _URGENT_BASE - 1
 
 
 class SchedulingPolicy(str, Enum):
@@ -159,6 +161,11 @@ class Scheduler:
             self._normal.clear()
             self._urgent.clear()
             self._due.clear()
+
+    def least_running_work(self) -> float:
+        """The least predicted remaining work among running programs (0.0 when none runs): about
+        the work that stands between a new program and a free slot when every slot is busy."""
+        return min((p.work for p in self._programs.values() if p.running), default=0.0)
 
     def set_work_rate(self, work_per_s: float | None) -> None:
         """The measured rate one program makes progress at (None: unknown); deadline urgency

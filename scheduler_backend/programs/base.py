@@ -12,6 +12,10 @@ from scheduler_backend.program import ReasoningProgram, StopReason
 from scheduler_backend.prompts import solve_messages
 
 STEP_SEPARATOR = "\n\n"
+# Appended to an unfinished solution to make the model state its answer now (Dynasor-CoT's probe):
+# the answer then ends at the first unmatched `}` (answers.extract_probe_answer).
+PROBE_SUFFIX = "\n\n... Oh, I suddenly got the answer to the whole problem, **Final Answer**\n\n\\[ \\boxed{"
+PROBE_SAMPLING = SamplingSpec(max_tokens=20, temperature=0.6, top_k=50)
 # Formats with an explicit "this is the final answer" marker; a bare number ends nothing.
 _MARKER_FORMATS = ("boxed", "gsm8k", "answer-is")
 
@@ -47,6 +51,11 @@ class PolicyProgram(ReasoningProgram):
             self._finish(StopReason.HOPELESS)
         elif self.steps_used() >= self.budget if capped is None else capped:
             self._finish(StopReason.CAP)
+
+    def limit_budget(self, units: int) -> int:
+        """The allocation judges against the lowered budget too (its cap and job size)."""
+        self.allocation.budget = super().limit_budget(units)
+        return self.budget
 
     def predicted_remaining(self) -> float:
         if self.done:

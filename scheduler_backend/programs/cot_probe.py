@@ -17,14 +17,12 @@ from scheduler_backend.answers import extract_answer, extract_probe_answer
 from scheduler_backend.certaindex import is_hedging, probe_certaindex
 from scheduler_backend.engine import ChatMessage, SamplingSpec
 from scheduler_backend.program import GenerateStep, Step, StepResult
-from scheduler_backend.programs.base import PolicyProgram, require_positive, sampling_from
+from scheduler_backend.programs.base import PROBE_SAMPLING, PROBE_SUFFIX, PolicyProgram, require_positive, sampling_from
 
 # (window, chunk_tokens) per effort level, as in hao-ai-lab/Dynasor.
 EFFORTS: dict[str, tuple[int, int]] = {
     "mild": (8, 64), "low": (5, 64), "mid": (3, 64), "high": (2, 64), "crazy": (2, 32),
 }
-PROBE_SUFFIX = "\n\n... Oh, I suddenly got the answer to the whole problem, **Final Answer**\n\n\\[ \\boxed{"
-PROBE_SAMPLING = SamplingSpec(max_tokens=20, temperature=0.6, top_k=50)
 
 
 class CotProbe(PolicyProgram):
@@ -107,6 +105,9 @@ class CotProbe(PolicyProgram):
 
     def steps_used(self) -> int:
         return self.chunks
+
+    def units_committed(self) -> int:
+        return self.chunks + self._chunk_waiting
 
     def extra_state(self) -> dict[str, Any]:
         return {

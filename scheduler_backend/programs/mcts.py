@@ -163,6 +163,9 @@ class Mcts(PolicyProgram):
     def steps_used(self) -> int:
         return self.iterations
 
+    def units_committed(self) -> int:
+        return self.iterations + (self._waiting or self._next is not None)
+
     def extra_state(self) -> dict[str, Any]:
         best = self._best_child()
         return {"rollouts": len(self.rollouts), "best_value": round(best.mean, 4) if best and best.visits else None}

@@ -149,6 +149,12 @@ class Rebase(PolicyProgram):
     def steps_used(self) -> int:
         return self.received
 
+    def units_committed(self) -> int:
+        return self.expansions
+
+    def first_units(self) -> int:
+        return min(self.width, self.budget)
+
     def extra_state(self) -> dict[str, Any]:
         return {
             "depth": self.depth,

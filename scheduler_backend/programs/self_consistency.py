@@ -1,18 +1,29 @@
 """Self-consistency: sample whole solutions in rounds and return the majority answer. Certaindex is
 the agreement of the answers so far (1 - H/log n), consulted after every round, so easy questions
-stop after the first round and hopeless ones are cut."""
+stop after the first round and hopeless ones are cut. When a deadline cuts samples before any
+finished, each unfinished one is probed for the answer it was heading to (Dynasor-CoT's probe,
+greedy): those answers vote like the others and are counted as `probed`."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 from scheduler_backend.allocation import AllocationPolicy
-from scheduler_backend.answers import cluster_answers, majority_answer
+from scheduler_backend.answers import cluster_answers, extract_probe_answer, majority_answer
 from scheduler_backend.certaindex import entropy_certaindex
 from scheduler_backend.engine import SamplingSpec
 from scheduler_backend.program import GenerateStep, Step, StepResult
-from scheduler_backend.programs.base import PolicyProgram, require_positive, sample_answer, sampling_from
+from scheduler_backend.programs.base import (
+    PROBE_SAMPLING,
+    PROBE_SUFFIX,
+    PolicyProgram,
+    require_positive,
+    sample_answer,
+    sampling_from,
+)
+
+_GREEDY_PROBE = replace(PROBE_SAMPLING, temperature=0.0, top_k=0)
 
 
 class SelfConsistency(PolicyProgram):
@@ -34,6 +45,7 @@ class SelfConsistency(PolicyProgram):
         self._issued = 0
         self._rounds = 0
         self._waiting = False
+        self.probed = 0  # answers drawn from unfinished samples by probing
 
     @classmethod
     def from_options(cls, question: str, o: Mapping[str, Any], policy: AllocationPolicy) -> SelfConsistency:
@@ -54,7 +66,24 @@ class SelfConsistency(PolicyProgram):
         return [GenerateStep(key=f"round{self._rounds}", sampling=replace(self.sampling, n=size),
                              messages=self.solve_messages())]
 
+    def first_units(self) -> int:
+        return min(self.first_round, self.budget)
+
+    def units_committed(self) -> int:
+        return self._issued
+
+    def probe_steps(self, partials: Sequence[str]) -> list[Step]:
+        """One short greedy continuation per unfinished solution, told to state its final answer."""
+        return [GenerateStep(key=f"probe{i}", sampling=_GREEDY_PROBE, messages=self.solve_messages(text + PROBE_SUFFIX))
+                for i, text in enumerate(partials)]
+
     def _absorb(self, result: StepResult) -> None:
+        if result.key.startswith("probe"):
+            # No consult: the driver probes only when it is about to stop the program at its deadline.
+            self.answers.extend(extract_probe_answer(s.text) for s in result.samples)
+            self.probed += len(result.samples)
+            self._issued = len(self.answers)
+            return
         self._waiting = False
         self.answers.extend(sample_answer(s.text, s.finish_reason, self.answer_format) for s in result.samples)
         self._issued = len(self.answers)  # samples the engine did not return are not spent
@@ -66,6 +95,9 @@ class SelfConsistency(PolicyProgram):
     def best_answer(self) -> str | None:
         return majority_answer(self.answers)[0]
 
+    def has_answer(self) -> bool:
+        return any(a is not None for a in self.answers)
+
     def steps_used(self) -> int:
         return len(self.answers)
 
@@ -74,4 +106,5 @@ class SelfConsistency(PolicyProgram):
         return {
             "clusters": [{"answer": self.answers[group[0]], "size": len(group)} for group in clusters],
             "no_answer": sum(a is None for a in self.answers),
+            "probed": self.probed,
         }

@@ -341,3 +341,43 @@ def test_a_truncated_sample_without_a_stated_answer_is_no_answer():
     assert sample_answer("so the answer is \\boxed{18} and", "length", "auto") == "18"
     assert sample_answer("16 - 3 = 13, then 13 - 4 = 9", "stop", "auto") == "9"
     assert sample_answer("16 - 3 = 13, then 13 - 4 = 9", "length", "number") == "9"
+
+
+# --- deadlines: a lowered budget, and probing unfinished samples ----------------------------------
+
+def test_a_lowered_budget_keeps_what_is_in_flight_and_stops_a_program_with_nothing_left():
+    program = _sc(budget=16)
+    assert program.first_units() == 4
+    program.next_steps()  # 4 samples out
+    assert program.limit_budget(2) == 4 and not program.done, "never below the samples in flight"
+    program.on_result(StepResult("round1", samples=[Sample(f"\\boxed{{{i}}}", 3, "stop") for i in range(4)]))
+    assert program.stop_reason is StopReason.CAP, "its lowered cap is spent"
+    other = _sc(budget=16)
+    other.on_result(StepResult("round1", samples=[Sample(f"\\boxed{{{i}}}", 3, "stop") for i in range(4)]))
+    assert other.limit_budget(3) == 4 and other.stop_reason is StopReason.CAP, "nothing to issue or await: it stops"
+
+
+def test_other_programs_count_their_steps_in_flight_against_a_lowered_budget():
+    rebase = Rebase(QUESTION, 10, ThresholdPolicy(), sampling=SAMPLING, width=4, children=2)
+    assert rebase.first_units() == 4
+    rebase.next_steps()
+    assert rebase.limit_budget(1) == 4 and not rebase.done
+    mcts = Mcts(QUESTION, 6, ThresholdPolicy(), sampling=SAMPLING, children=2, max_depth=5)
+    mcts.next_steps()
+    assert mcts.limit_budget(0) == 1 and not mcts.done, "the iteration under way"
+    cot = CotProbe(QUESTION, 8, ThresholdPolicy(), sampling=SAMPLING)
+    cot.next_steps()
+    assert cot.limit_budget(0) == 1 and not cot.done and cot.probe_steps(["partial"]) == []
+
+
+def test_self_consistency_probed_answers_vote_and_are_counted():
+    program = _sc(budget=16)
+    program.next_steps()
+    steps = program.probe_steps(["First, 2 + 3", "So 2 + 3 = 5"])
+    assert [s.key for s in steps] == ["probe0", "probe1"]
+    assert all(s.sampling.temperature == 0.0 and s.sampling.n == 1 for s in steps)
+    assert steps[1].messages[-1].content.startswith("So 2 + 3 = 5") and steps[1].messages[-1].content.endswith("\\boxed{")
+    for step, text in zip(steps, ["5} \\]", "5}"]):
+        program.on_result(StepResult(step.key, samples=[Sample(text, 2, "stop")]))
+    state = program.state()
+    assert state.answer == "5" and state.extra["probed"] == 2 and state.steps == 2 and not state.done

@@ -71,8 +71,10 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"parameters.engine: 'grpc' or 'bls', got {engine!r}")
         max_running, concurrency = _max_running(p)
         scheduler = Scheduler(max_running=max_running, aging_per_s=float(p.get("aging_per_s", "50")),
+                              deadline_margin_s=float(p.get("deadline_margin_s", "2")),
                               policy=SchedulingPolicy(p.get("scheduling_policy", "sjf")))
-        self.runner = ProgramRunner(self.engine, scheduler, concurrency=concurrency)
+        self.runner = ProgramRunner(self.engine, scheduler, concurrency=concurrency, admission=p.get("admission", "all"),
+                                    probe_s=float(p.get("deadline_probe_s", "1.0")))
         self.metrics = Metrics(args["model_name"], _METRICS)
         self.in_flight = self.metrics.metric("dynasor_programs_in_flight")
         self.max_running = self.metrics.metric("dynasor_max_running_programs")
@@ -110,6 +112,8 @@ class TritonPythonModel:
                 self._cancel_program(req.program_id, sender)
                 return
             refusal = self._over_limit(req.client_id)
+            if not refusal and (infeasible := self.runner.refusal(req.program, req.deadline_s)):
+                refusal = f"{infeasible} (config.pbtxt admission = feasible)"
             if refusal:
                 self.metrics.count("dynasor_programs_total", {"stop_reason": "refused"})
                 send_error(sender, refusal, pb_utils.TritonError.UNAVAILABLE)
