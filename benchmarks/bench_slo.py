@@ -63,7 +63,7 @@ def calibrate_engine(url: str, prompt: str, levels: list[int], max_tokens: int) 
         sampling = {"max_tokens": max_tokens, "ignore_eos": True, "temperature": 0.7, "n": n}
         with ThreadPoolExecutor(requests) as pool:
             t0 = time.perf_counter()
-            tokens = sum(t for t, _ in pool.map(lambda _: _policy_tokens(url, prompt, sampling), range(requests)))
+            tokens = sum(t for t, _ in pool.map(_policy_tokens, [url] * requests, [prompt] * requests, [sampling] * requests))
             points.append({"sequences": n * requests, "tokens_per_s": tokens / (time.perf_counter() - t0)})
     return {"points": points, "ttft_s": ttft, "prompt_chars": len(prompt), "max_tokens": max_tokens}
 
