@@ -26,6 +26,8 @@ def policy_inputs(call: GenerateCall) -> dict[str, Any]:
     sampling: dict[str, Any] = {"n": s.n, "max_tokens": s.max_tokens, "temperature": s.temperature, "top_p": s.top_p}
     if s.top_k:
         sampling["top_k"] = s.top_k
+    if s.min_tokens:
+        sampling["min_tokens"] = s.min_tokens
     if s.stop:
         sampling["stop"] = list(s.stop)
     if s.logprobs is not None:

@@ -51,7 +51,7 @@ class VllmEngine:
         from vllm.sampling_params import RequestOutputKind
 
         return SamplingParams(n=spec.n, max_tokens=spec.max_tokens, temperature=spec.temperature, top_p=spec.top_p,
-                              top_k=spec.top_k,
+                              top_k=spec.top_k, min_tokens=spec.min_tokens,
                               stop=list(spec.stop) or None, logprobs=spec.logprobs, output_kind=RequestOutputKind.DELTA)
 
     async def generate(self, call: GenerateCall) -> AsyncIterator[list[SampleDelta]]:

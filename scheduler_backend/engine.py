@@ -25,6 +25,7 @@ class SamplingSpec:
     temperature: float = 0.7
     top_p: float = 1.0
     top_k: int = 0  # 0: no top-k cut
+    min_tokens: int = 0  # tokens before EOS or a stop string may end a sample
     n: int = 1
     stop: tuple[str, ...] = ()
     logprobs: int | None = None

@@ -233,6 +233,8 @@ def create(name: str, question: str, options: Mapping[str, Any], limits: Limits 
             raise RequestError(f"options.{key}: unknown option for {name}; known: {', '.join(sorted(specs))}")
     values = {k: spec.check(f"options.{k}", options[k], limits) if k in options else spec.default
               for k, spec in specs.items()}
+    if values.get("min_tokens") and values.get("max_tokens") and values["min_tokens"] > values["max_tokens"]:
+        raise RequestError(f"options.min_tokens: must not exceed max_tokens ({values['max_tokens']}), got {values['min_tokens']}")
     asked = factory.tokens_asked(values, limits)
     if asked > limits.max_program_tokens:
         raise RequestError(f"options.budget: with these options {name} may generate up to {asked} tokens; this server "
@@ -246,6 +248,8 @@ def create(name: str, question: str, options: Mapping[str, Any], limits: Limits 
 
 register("self-consistency", ProgramFactory("self-consistency", SelfConsistency.from_options, {
     "round_size": Int(4, hi="max_parallel"),
+    # vLLM's min_tokens: samples run at least this long (long-chain workloads, load tests).
+    "min_tokens": Int(0, hi="max_tokens"),
 }))
 register("rebase", ProgramFactory("rebase", Rebase.from_options, {
     "budget": Int(32, hi="max_budget"),

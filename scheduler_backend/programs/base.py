@@ -66,7 +66,7 @@ class PolicyProgram(ReasoningProgram):
 def sampling_from(options: Mapping[str, Any]) -> SamplingSpec:
     """The sampling options every program takes (max_tokens only where the program has it)."""
     return SamplingSpec(max_tokens=options.get("max_tokens", 1), temperature=options["temperature"],
-                        top_p=options["top_p"], top_k=options["top_k"])
+                        top_p=options["top_p"], top_k=options["top_k"], min_tokens=options.get("min_tokens", 0))
 
 
 def require_positive(**values: float) -> None:

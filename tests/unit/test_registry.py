@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from engines.policy_stream import policy_inputs
 from scheduler_backend import registry
 from scheduler_backend.allocation import CurvePolicy, ThresholdPolicy, UniformPolicy
-from scheduler_backend.engine import SamplingSpec
+from scheduler_backend.engine import GenerateCall, SamplingSpec
 from scheduler_backend.errors import RequestError
 from scheduler_backend.program import ReasoningProgram, StopReason
 from scheduler_backend.programs import CotProbe, Mcts, Rebase, SelfConsistency
@@ -182,3 +183,10 @@ def test_created_programs_have_not_started():
     program = create("rebase", Q, {"width": 2, "budget": 6})
     assert not program.done and program.steps_used() == 0 and program.stop_reason is not StopReason.CAP
     assert program.predicted_remaining() == 6
+
+
+def test_min_tokens_reaches_the_engine_request_and_may_not_exceed_max_tokens():
+    program = create("self-consistency", Q, {"max_tokens": 100, "min_tokens": 60})
+    assert program.sampling.min_tokens == 60
+    assert policy_inputs(GenerateCall("r", program.next_steps()[0].sampling))["sampling_parameters"].count('"min_tokens": 60') == 1
+    assert "max_tokens (100)" in _refused("options.min_tokens", options={"max_tokens": 100, "min_tokens": 101})
