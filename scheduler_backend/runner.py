@@ -91,7 +91,12 @@ class ProgramRunner:
     """One per engine; `run()` is called once per program, concurrently."""
 
     def __init__(self, engine: Engine, scheduler: Scheduler, clock: Callable[[], float] = time.monotonic,
-                 tokens_per_unit_prior: float = 256.0, progress_interval_s: float | None = 1.0):
+                 tokens_per_unit_prior: float = 256.0, progress_interval_s: float | None = 1.0,
+                 inline_results: bool = False, gang: bool = True):
+        """`inline_results`: digest step results on the event loop instead of the results thread
+        (a simulation on virtual time, where the thread's finish would race the clock).
+        `gang`: every request of a program carries its scheduler priority; False sends all at
+        priority 0, so the engine serves requests by arrival (the simulator's ablation)."""
         self.engine = engine
         self.scheduler = scheduler
         self.clock = clock
@@ -103,7 +108,8 @@ class ProgramRunner:
         self._live: dict[str, _Live] = {}
         # Programs digest results here, one at a time, off the event loop: comparing answers can
         # take up to its time limit, and the loop keeps every other program's streams moving.
-        self._results = ThreadPoolExecutor(max_workers=1, thread_name_prefix="program-results")
+        self._results = None if inline_results else ThreadPoolExecutor(max_workers=1, thread_name_prefix="program-results")
+        self.gang = gang
 
     @property
     def live(self) -> int:
@@ -236,7 +242,10 @@ class ProgramRunner:
                         result = task.result()
                         live.tokens_in_flight -= result.num_tokens
                         steps_before = program.steps_used()
-                        await asyncio.get_running_loop().run_in_executor(self._results, program.on_result, result)
+                        if self._results is None:
+                            program.on_result(result)
+                        else:
+                            await asyncio.get_running_loop().run_in_executor(self._results, program.on_result, result)
                         if on_result is not None:
                             on_result(result)
                     except EngineError as e:
@@ -276,7 +285,7 @@ class ProgramRunner:
             sampling=step.sampling,
             messages=step.messages,
             prompt=step.prompt,
-            priority=self.scheduler.priority(pid),
+            priority=self.scheduler.priority(pid) if self.gang else 0,
         )
         samples: dict[int, Sample] = {}
         try:
