@@ -24,6 +24,7 @@ recorded answer.
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import itertools
 import json
@@ -36,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from scheduler_backend.engine import EngineError, GenerateCall, SampleDelta
+from scheduler_backend.programs.base import sample_answer
 
 _EPS = 1e-6  # decode progress is in tokens; lengths are whole tokens
 NO_ANSWER_TEXT = "The reasoning trails off without a final result."
@@ -123,9 +125,15 @@ PRESETS: dict[str, EngineModel] = {
 }
 
 
-def sample_text(answer: str | None) -> str:
-    """A completion whose final answer, as the programs extract it, is `answer` (None: none at all)."""
-    return NO_ANSWER_TEXT if answer is None else f"Reasoning elided. The answer is \\boxed{{{answer}}}."
+@functools.lru_cache(maxsize=1 << 16)
+def sample_text(answer: str | None, finish_reason: str | None = "stop") -> str:
+    """A completion from which `sample_answer` (auto format) reads back `answer` (None: no answer):
+    the answer boxed, or after "####" or "The answer is" where boxing would garble it."""
+    if answer is None:
+        return NO_ANSWER_TEXT
+    forms = (f"Reasoning elided. The answer is \\boxed{{{answer}}}.", f"Reasoning elided.\n#### {answer}",
+             f"Reasoning elided. The answer is {answer}")
+    return next((t for t in forms if sample_answer(t, finish_reason, "auto") == answer), forms[0])
 
 
 def call_question(call: GenerateCall) -> str:
@@ -175,7 +183,8 @@ class TraceSamples:
             if s["tokens"] > call.sampling.max_tokens:
                 out.append(DrawnSample(call.sampling.max_tokens, NO_ANSWER_TEXT, "length"))
             else:
-                out.append(DrawnSample(s["tokens"], sample_text(s["answer"]), s.get("finish_reason") or "stop"))
+                reason = s.get("finish_reason") or "stop"
+                out.append(DrawnSample(s["tokens"], sample_text(s["answer"], reason), reason))
         return out
 
     def forget(self, owner: str) -> None:
