@@ -244,6 +244,8 @@ def simulate(system: System | str, traces: Sequence[Mapping[str, Any]], *, rate:
              progress: bool = False) -> SimResult:
     """One load test: `programs` Poisson arrivals at `rate`/s, deadline slo_scale x base_deadline_s."""
     system = SYSTEMS[system] if isinstance(system, str) else system
+    if config.balancer not in ("least-loaded", "round-robin") or config.replicas < 1:
+        raise ValueError(f"config: balancer must be least-loaded or round-robin and replicas >= 1, got {config}")
     deadline_s = program_deadline(slo_scale, config.base_deadline_s)
     chosen = (policy or default_policy()) if system.certaindex else UniformPolicy()
     arrival_list = arrivals(traces, rate, programs, config.seed)
