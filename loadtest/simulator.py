@@ -83,7 +83,7 @@ class SimConfig:
     round_size: int = 4
     max_tokens: int = 640  # the traces' own limit
     base_deadline_s: float = 30.0
-    grace_s: float = 0.0
+    grace_s: float = 1e-6  # no response trip to allow for: only the rounding of virtual times
     replicas: int = 1
     balancer: str = "least-loaded"  # or "round-robin"
     max_running: int | None = None  # programs admitted per replica; None: 2 x max_num_seqs / round_size
