@@ -147,7 +147,12 @@ class ProgramRunner:
 
     def __init__(self, engine: Engine, scheduler: Scheduler, clock: Callable[[], float] = time.monotonic,
                  tokens_per_unit_prior: float = 256.0, progress_interval_s: float | None = 1.0,
-                 concurrency: ConcurrencyController | None = None, admission: str = "all", probe_s: float = 0.0):
+                 concurrency: ConcurrencyController | None = None, admission: str = "all", probe_s: float = 0.0,
+                 inline_results: bool = False, gang: bool = True):
+        """`inline_results`: digest step results on the event loop instead of the results thread
+        (a simulation on virtual time, where the thread's finish would race the clock).
+        `gang`: every request of a program carries its scheduler priority; False sends all at
+        priority 0, so the engine serves requests by arrival (the simulator's ablation)."""
         if admission not in ADMISSIONS:
             raise ValueError(f"admission: must be one of {', '.join(ADMISSIONS)}, got {admission!r}")
         if not (math.isfinite(probe_s) and probe_s >= 0):
@@ -166,7 +171,8 @@ class ProgramRunner:
         self.probe_s = probe_s
         # Programs digest results here, one at a time, off the event loop: comparing answers can
         # take up to its time limit, and the loop keeps every other program's streams moving.
-        self._results = ThreadPoolExecutor(max_workers=1, thread_name_prefix="program-results")
+        self._results = None if inline_results else ThreadPoolExecutor(max_workers=1, thread_name_prefix="program-results")
+        self.gang = gang
         # Given a controller, the scheduler's max_running follows the engine's measured capacity.
         self.concurrency = concurrency
         if concurrency is not None:
@@ -361,7 +367,7 @@ class ProgramRunner:
                         result = task.result()
                         live.tokens_in_flight -= result.num_tokens
                         steps_before = program.steps_used()
-                        await asyncio.get_running_loop().run_in_executor(self._results, program.on_result, result)
+                        await self._digest(program, result)
                         if on_result is not None:
                             on_result(result)
                     except EngineError as e:
@@ -411,10 +417,17 @@ class ProgramRunner:
         for task in done:
             tasks.pop(task)
             if task.exception() is None:  # a failed probe only means one answer fewer
-                await asyncio.get_running_loop().run_in_executor(self._results, program.on_result, task.result())
+                await self._digest(program, task.result())
                 if on_result is not None:
                     on_result(task.result())
         program.stop(StopReason.DEADLINE)
+
+    async def _digest(self, program: ReasoningProgram, result: StepResult) -> None:
+        """The program takes a result back: in the results thread, or inline on virtual time."""
+        if self._results is None:
+            program.on_result(result)
+        else:
+            await asyncio.get_running_loop().run_in_executor(self._results, program.on_result, result)
 
     @staticmethod
     async def _report(live: _Live, on_progress: ProgressCallback | None) -> None:
@@ -436,7 +449,7 @@ class ProgramRunner:
             sampling=step.sampling,
             messages=step.messages,
             prompt=step.prompt,
-            priority=self.scheduler.priority(pid) if priority is None else priority,
+            priority=priority if priority is not None else self.scheduler.priority(pid) if self.gang else 0,
         )
         samples = live.partials[step.key] = {}  # kept while it runs: probing reads the partial texts
         in_flight = step.sampling.n

@@ -1,0 +1,364 @@
+"""Discrete-event load tests at GPU scale: the real ProgramRunner, Scheduler and SelfConsistency
+programs (with a real allocation policy) run on virtual time (loadtest/virtual_loop.py) against
+simulated engines (engines/simulated.py) that replay recorded traces, so a sweep of thousands of
+programs over rates and SLO scales takes minutes on a laptop.
+
+The workload is the Locust load test's (loadtest/locustfile.py): open-loop Poisson arrivals at
+`rate` programs/s, questions drawn from the traces, deadline = slo_scale x base_deadline_s; each
+program becomes a `ProgramRecord` and the summary is loadtest/slo.py's, as for the real runs.
+
+Systems (`System`, switched on one at a time for the ablation):
+- baseline: what a Triton+vLLM user does today: one request for `budget` samples at priority 0,
+  voted in the client over the finished samples at completion or at the deadline (then aborted);
+- gang: programs run by the runner in rounds, each program's requests at its scheduler priority
+  (FCFS), no early stop (uniform allocation);
+- gang+certaindex: the same with the certaindex allocation (the shipped calibration curve);
+- dynasor: the same with SJF scheduling: the full system, as the server runs it;
+- dynasor-nogang: dynasor with every request at priority 0 (the engine serves by arrival).
+
+Finish-time fairness (`ProgramOutcome.ftf`) is latency under load over latency alone, where
+latency alone is analytic: the engine model's time for the program's own requests (their full
+recorded lengths, rounds one after another) on an idle engine. A program that never reached the
+engine has none.
+
+Several replicas: `replicas=k` runs k engine+runner pairs behind a balancer that sends each new
+program to the replica with the fewest programs in flight (ties: round-robin), or round-robin.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import random
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from engines.simulated import EngineModel, SimulatedEngine, TraceSamples
+from loadtest.slo import ClassSummary, ProgramRecord, SampleAccumulator, percentile, program_deadline, summarize
+from loadtest.virtual_loop import run_virtual
+from scheduler_backend.allocation import AllocationPolicy, UniformPolicy, load_policy
+from scheduler_backend.engine import GenerateCall, SamplingSpec
+from scheduler_backend.programs.self_consistency import SelfConsistency
+from scheduler_backend.prompts import solve_messages
+from scheduler_backend.runner import ProgramRunner
+from scheduler_backend.scheduler import Scheduler
+from scheduler_backend.traces import is_right, load_traces
+
+CALIBRATION = Path(__file__).resolve().parent.parent / "model_repository/dynasor/1/calibrations/gsm8k-qwen0.5b.json"
+
+
+@dataclass(frozen=True)
+class System:
+    """One configuration under test. `runner` False is the baseline (no runner, no scheduler);
+    the rest are the runner's switches."""
+
+    name: str
+    runner: bool = True
+    gang: bool = True
+    certaindex: bool = True  # the calibrated allocation; False: uniform (run every program to its budget)
+    scheduling: str = "sjf"  # or "fcfs"
+
+
+SYSTEMS: dict[str, System] = {s.name: s for s in (
+    System("baseline", runner=False, gang=False, certaindex=False, scheduling="fcfs"),
+    System("gang", certaindex=False, scheduling="fcfs"),
+    System("gang+certaindex", scheduling="fcfs"),
+    System("dynasor"),
+    System("dynasor-nogang", gang=False),
+)}
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Everything but the system, the rate and the SLO scale."""
+
+    budget: int = 16  # samples: dynasor's cap, the baseline's n
+    round_size: int = 4
+    max_tokens: int = 640  # the traces' own limit
+    base_deadline_s: float = 30.0
+    grace_s: float = 1e-6  # no response trip to allow for: only the rounding of virtual times
+    replicas: int = 1
+    balancer: str = "least-loaded"  # or "round-robin"
+    max_running: int | None = None  # programs admitted per replica; None: 2 x max_num_seqs / round_size
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ProgramOutcome:
+    """One program's times, for finish-time fairness."""
+
+    pid: str
+    arrival_s: float
+    latency_s: float
+    alone_s: float | None
+
+    @property
+    def ftf(self) -> float | None:
+        return self.latency_s / self.alone_s if self.alone_s else None
+
+
+@dataclass
+class SimResult:
+    system: str
+    rate: float
+    slo_scale: float
+    records: list[ProgramRecord]
+    outcomes: list[ProgramOutcome]
+    duration_s: float  # virtual: from the first arrival to the last finish
+    wall_s: float
+    summary: ClassSummary = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.summary = summarize(self.records, max(self.duration_s, 1e-9))[self.system]
+
+    def row(self) -> dict[str, Any]:
+        """The flat numbers of a sweep table and its JSON."""
+        ftf = [f for o in self.outcomes if (f := o.ftf) is not None]
+        return {"system": self.system, "rate": self.rate, "slo_scale": self.slo_scale, **asdict(self.summary),
+                "ftf_p50": percentile(ftf, 50), "ftf_p90": percentile(ftf, 90), "ftf_p99": percentile(ftf, 99),
+                "duration_s": self.duration_s, "wall_s": self.wall_s}
+
+
+def arrivals(traces: Sequence[Mapping[str, Any]], rate: float, programs: int, seed: int) -> list[tuple[float, Mapping[str, Any]]]:
+    """Poisson arrival times at `rate` programs/s and a question (trace) for each, seeded."""
+    if not (math.isfinite(rate) and rate > 0):
+        raise ValueError(f"rate: must be finite and > 0, got {rate!r}")
+    rng = random.Random(seed)
+    pool = [t for t in traces if t.get("samples")]
+    if not pool:
+        raise ValueError("traces: none has samples to replay")
+    t, out = 0.0, []
+    for _ in range(programs):
+        t += rng.expovariate(rate)
+        out.append((t, rng.choice(pool)))
+    return out
+
+
+@dataclass(eq=False)
+class _Replica:
+    engine: SimulatedEngine
+    runner: ProgramRunner | None
+    live: int = 0
+
+
+def _replicas(system: System, model: EngineModel, samples: TraceSamples, config: SimConfig) -> list[_Replica]:
+    max_running = config.max_running or max(1, 2 * model.max_num_seqs // config.round_size)
+    out = []
+    for _ in range(config.replicas):
+        engine = SimulatedEngine(model, samples)
+        runner = None
+        if system.runner:
+            scheduler = Scheduler(max_running=max_running, policy=system.scheduling)
+            runner = ProgramRunner(engine, scheduler, clock=asyncio.get_running_loop().time, progress_interval_s=None,
+                                   inline_results=True, gang=system.gang)
+        out.append(_Replica(engine, runner))
+    return out
+
+
+async def _baseline(engine: SimulatedEngine, pid: str, question: str, deadline_s: float, config: SimConfig) -> tuple[str | None, int, str]:
+    call = GenerateCall(request_id=f"{pid}:all", messages=solve_messages(question),
+                        sampling=SamplingSpec(n=config.budget, max_tokens=config.max_tokens, temperature=0.5, top_k=50))
+    acc = SampleAccumulator()
+
+    async def consume() -> None:
+        async for deltas in engine.generate(call):
+            acc.add(deltas)
+
+    try:
+        await asyncio.wait_for(consume(), deadline_s)
+    except asyncio.TimeoutError:
+        await engine.abort(call.request_id)
+    return acc.answer(), acc.tokens, ""
+
+
+async def _dynasor(runner: ProgramRunner, pid: str, question: str, deadline_s: float, policy: AllocationPolicy,
+                   config: SimConfig) -> tuple[str | None, int, str]:
+    program = SelfConsistency(question, config.budget, policy, round_size=config.round_size,
+                              first_round=getattr(policy, "detect_step", None),
+                              sampling=SamplingSpec(max_tokens=config.max_tokens, temperature=0.7, top_k=50))
+    state = await runner.run(pid, program, deadline_s=deadline_s)
+    return state.answer, state.tokens_used, str(state.extra.get("error", ""))
+
+
+async def _simulate(system: System, arrival_list: list[tuple[float, Mapping[str, Any]]], deadline_s: float, model: EngineModel,
+                    policy: AllocationPolicy, config: SimConfig, samples: TraceSamples, bar: tqdm | None) -> tuple[list[ProgramRecord], list[ProgramOutcome], float]:
+    loop = asyncio.get_running_loop()
+    replicas = _replicas(system, model, samples, config)
+    records: list[ProgramRecord] = []
+    outcomes: list[ProgramOutcome] = []
+    last = [0.0]
+
+    def pick(i: int) -> _Replica:
+        if config.balancer == "round-robin":
+            return replicas[i % len(replicas)]
+        fewest = min(r.live for r in replicas)
+        candidates = [r for r in replicas if r.live == fewest]
+        return candidates[i % len(candidates)]
+
+    async def one(i: int, at: float, trace: Mapping[str, Any]) -> None:
+        await asyncio.sleep(at - loop.time())
+        pid = f"p{i}"
+        replica = pick(i)
+        replica.live += 1
+        start = loop.time()
+        try:
+            if replica.runner is None:
+                answer, tokens, error = await _baseline(replica.engine, pid, trace["question"], deadline_s, config)
+            else:
+                answer, tokens, error = await _dynasor(replica.runner, pid, trace["question"], deadline_s, policy, config)
+        finally:
+            replica.live -= 1
+        latency = loop.time() - start
+        last[0] = max(last[0], loop.time())
+        samples.forget(pid)
+        records.append(ProgramRecord(user_class=system.name, latency_s=latency, deadline_s=deadline_s, answer=answer,
+                                     correct=is_right(answer, trace.get("gold")) is True, tokens=tokens, error=error,
+                                     grace_s=config.grace_s))
+        outcomes.append(ProgramOutcome(pid, at, latency, replica.engine.alone_s.pop(pid, None)))
+        if bar is not None:
+            bar.update(1)
+
+    try:
+        await asyncio.gather(*(one(i, at, trace) for i, (at, trace) in enumerate(arrival_list)))
+    finally:
+        for r in replicas:
+            r.engine.shutdown()
+    first = arrival_list[0][0] if arrival_list else 0.0
+    return records, outcomes, last[0] - first
+
+
+def default_policy() -> AllocationPolicy:
+    """The dynasor server's default allocation: the shipped GSM8K calibration curve."""
+    return load_policy(CALIBRATION, "curve")
+
+
+def simulate(system: System | str, traces: Sequence[Mapping[str, Any]], *, rate: float, slo_scale: float, programs: int,
+             model: EngineModel, config: SimConfig = SimConfig(), policy: AllocationPolicy | None = None,
+             progress: bool = False) -> SimResult:
+    """One load test: `programs` Poisson arrivals at `rate`/s, deadline slo_scale x base_deadline_s."""
+    system = SYSTEMS[system] if isinstance(system, str) else system
+    if config.balancer not in ("least-loaded", "round-robin") or config.replicas < 1:
+        raise ValueError(f"config: balancer must be least-loaded or round-robin and replicas >= 1, got {config}")
+    deadline_s = program_deadline(slo_scale, config.base_deadline_s)
+    chosen = (policy or default_policy()) if system.certaindex else UniformPolicy()
+    arrival_list = arrivals(traces, rate, programs, config.seed)
+    samples = TraceSamples(traces, config.seed)
+    bar = tqdm(total=programs, desc=f"{system.name} rate={rate:g} slo={slo_scale:g}", unit="prog", leave=False) if progress else None
+    t0 = time.perf_counter()
+    try:
+        records, outcomes, duration = run_virtual(_simulate(system, arrival_list, deadline_s, model, chosen, config, samples, bar))
+    finally:
+        if bar is not None:
+            bar.close()
+    return SimResult(system.name, rate, slo_scale, records, outcomes, duration, time.perf_counter() - t0)
+
+
+def sweep(systems: Sequence[System | str], traces: Sequence[Mapping[str, Any]], *, rates: Sequence[float],
+          slo_scales: Sequence[float], programs: int, model: EngineModel, config: SimConfig = SimConfig(),
+          policy: AllocationPolicy | None = None, progress: bool = False) -> list[dict[str, Any]]:
+    """One `SimResult.row()` per system x rate x SLO scale (the same arrivals for every system)."""
+    rows = []
+    for system in systems:
+        for rate in rates:
+            for scale in slo_scales:
+                result = simulate(system, traces, rate=rate, slo_scale=scale, programs=programs, model=model,
+                                  config=config, policy=policy, progress=progress)
+                rows.append(result.row())
+    return rows
+
+
+def _crossing(points: list[tuple[float, float]], target: float) -> float | None:
+    """Where attainment, falling along x, first drops below `target` (linear between points):
+    the largest x still at `target`; None when the first point already misses it."""
+    if not points or points[0][1] < target:
+        return None
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if y1 < target:
+            return x0 + (x1 - x0) * (y0 - target) / (y0 - y1)
+    return points[-1][0]
+
+
+def sustainable_rate(rows: Sequence[Mapping[str, Any]], system: str, slo_scale: float, target: float = 0.9) -> float | None:
+    """The highest program rate at which `system` attains the SLO for `target` of its programs
+    (interpolated; the highest rate tested when it never drops; None when even the lowest misses)."""
+    points = sorted((r["rate"], r["attainment"]) for r in rows if r["system"] == system and r["slo_scale"] == slo_scale)
+    return _crossing(points, target)
+
+
+def tightest_slo_scale(rows: Sequence[Mapping[str, Any]], system: str, rate: float, target: float = 0.9) -> float | None:
+    """The smallest SLO scale at which `system` still attains `target` at `rate` (interpolated;
+    the smallest tested when all attain it; None when even the loosest misses)."""
+    points = sorted((-r["slo_scale"], r["attainment"]) for r in rows if r["system"] == system and r["rate"] == rate)
+    crossing = _crossing(points, target)
+    return None if crossing is None else -crossing
+
+
+def format_rows(rows: Sequence[Mapping[str, Any]]) -> str:
+    header = (f"{'system':<16}{'rate/s':>8}{'slo':>6}{'progs':>7}{'SLO att.':>9}{'goodput/s':>10}{'p50 s':>8}{'p99 s':>8}"
+              f"{'accuracy':>9}{'tokens':>8}{'ftf p50':>8}{'ftf p99':>8}{'wall s':>8}")
+    out = [header]
+    for r in rows:
+        out.append(f"{r['system']:<16}{r['rate']:>8g}{r['slo_scale']:>6g}{r['programs']:>7}{r['attainment']:>9.1%}{r['goodput_per_s']:>10.3f}"
+                   f"{r['p50_latency_s']:>8.2f}{r['p99_latency_s']:>8.2f}{r['accuracy']:>9.1%}{r['mean_tokens']:>8.0f}"
+                   f"{r['ftf_p50']:>8.2f}{r['ftf_p99']:>8.2f}{r['wall_s']:>8.1f}")
+    return "\n".join(out)
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m loadtest.simulator", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--traces", default="data/traces/gsm8k-test-sc16.jsonl")
+    p.add_argument("--systems", default="dynasor,baseline", help=f"comma-separated, of {', '.join(SYSTEMS)}")
+    p.add_argument("--rates", default="1,2,4", help="programs/s, comma-separated")
+    p.add_argument("--slo-scales", default="1", help="comma-separated")
+    p.add_argument("--programs", type=int, default=1000)
+    p.add_argument("--engine", default="gpu", help="cpu, gpu, or a JSON file of EngineModel fields (or measured points)")
+    p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--balancer", choices=("least-loaded", "round-robin"), default="least-loaded")
+    p.add_argument("--budget", type=int, default=16)
+    p.add_argument("--round-size", type=int, default=4)
+    p.add_argument("--base-deadline-s", type=float, default=30.0)
+    p.add_argument("--max-running", type=int, default=None, help="programs admitted per replica (default 2 x max_num_seqs / round size)")
+    p.add_argument("--policy", default=None, help="allocation policy file (default: the shipped calibration's curve)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--target", type=float, default=0.9, help="SLO attainment for the sustainable rate and tightest SLO")
+    p.add_argument("--output", default="runs/simulator.json")
+    o = p.parse_args(argv)
+    unknown = [s for s in o.systems.split(",") if s not in SYSTEMS]
+    if unknown:
+        p.error(f"--systems: unknown {unknown[0]!r}; choose from {', '.join(SYSTEMS)}")
+    systems = o.systems.split(",")
+    model = EngineModel.load(o.engine)
+    config = SimConfig(budget=o.budget, round_size=o.round_size, base_deadline_s=o.base_deadline_s, replicas=o.replicas,
+                       balancer=o.balancer, max_running=o.max_running, seed=o.seed)
+    policy = load_policy(o.policy, "curve") if o.policy else None
+    traces = load_traces(o.traces)
+    rates, scales = _floats(o.rates), _floats(o.slo_scales)
+    rows = sweep(systems, traces, rates=rates, slo_scales=scales, programs=o.programs, model=model, config=config, policy=policy,
+                 progress=True)
+    print(format_rows(rows))
+    for s in systems:
+        for scale in scales:
+            print(f"{s}: sustainable rate at SLO scale {scale:g}: {sustainable_rate(rows, s, scale, o.target)}")
+        for rate in rates:
+            print(f"{s}: tightest SLO scale at {rate:g}/s: {tightest_slo_scale(rows, s, rate, o.target)}")
+    out = Path(o.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"settings": {**vars(o), "engine_model": model.to_dict(), "config": asdict(config)}, "rows": rows},
+                              indent=2, default=str))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

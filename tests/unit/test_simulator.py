@@ -1,0 +1,217 @@
+"""The discrete-event simulator: virtual time, the engine model's timing and ordering, trace
+replay, and the real runner and scheduler driven at scale."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from engines.scripted import ScriptedEngine
+from engines.simulated import EngineModel, SimulatedEngine, TraceSamples, prompt_tokens, sample_text
+from loadtest.simulator import SYSTEMS, SimConfig, main, simulate, sustainable_rate, tightest_slo_scale
+from loadtest.virtual_loop import run_virtual
+from scheduler_backend.allocation import ThresholdPolicy
+from scheduler_backend.engine import GenerateCall, SamplingSpec
+from scheduler_backend.programs.base import sample_answer
+from scheduler_backend.registry import create
+from scheduler_backend.runner import ProgramRunner
+from scheduler_backend.scheduler import Scheduler
+from scheduler_backend.traces import load_traces
+from tests.unit.synthetic_traces import sc_trace
+
+TRACES = Path(__file__).resolve().parents[2] / "data" / "traces"
+GSM8K = load_traces(TRACES / "gsm8k-test-sc16.jsonl")
+GPU = EngineModel.load("gpu")
+
+
+def toy_traces(*lengths: int) -> list[dict]:
+    """One trace per length: question 'q<length>', every sample that long, answer '7'."""
+    return [sc_trace(str(n), ["7"] * 4, [n] * 4, gold="7") | {"question": f"q{n}"} for n in lengths]
+
+
+def call(rid: str, question: str, n: int = 1, priority: int = 0) -> GenerateCall:
+    return GenerateCall(request_id=rid, sampling=SamplingSpec(max_tokens=640, n=n), prompt=question, priority=priority)
+
+
+async def finish_times(engine: SimulatedEngine, c: GenerateCall, at: float = 0.0) -> list[float]:
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(at)
+    out = []
+    async for deltas in engine.generate(c):
+        out += [loop.time()] * len(deltas)
+    return out
+
+
+def test_virtual_loop_sleeps_an_hour_in_milliseconds():
+    async def hour() -> float:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(3600)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.sleep(100), 5)
+        return loop.time()
+
+    t0 = time.perf_counter()
+    assert run_virtual(hour()) == pytest.approx(3605.0)
+    assert time.perf_counter() - t0 < 0.5
+
+
+def test_completion_times_follow_the_batch_size():
+    """Iteration = 0.1 + 0.01 x batch: two 10-token samples end together at 10 x 0.12 s; a 10- and a
+    20-token sample end at 1.2 s and 1.2 + 10 x 0.11 s."""
+    model = EngineModel(fixed_s=0.1, per_seq_s=0.01)
+
+    async def go(question: str) -> list[float]:
+        engine = SimulatedEngine(model, TraceSamples(toy_traces(10) + [sc_trace("m", ["1", "2"], [10, 20]) | {"question": "mixed"}]))
+        return sorted(await finish_times(engine, call("p:1", question, n=2)))
+
+    assert run_virtual(go("q10")) == pytest.approx([1.2, 1.2])
+    assert run_virtual(go("mixed")) == pytest.approx([1.2, 2.3])
+
+
+def test_prefill_is_paid_once_per_request_with_prefix_caching():
+    """A 100-token prompt at 0.01 s/token stalls decoding 1 s once with caching, once per sample
+    (2 s) without; then 10 iterations of 0.1 s."""
+    question = "q" * 396
+    traces = [sc_trace("x", ["7", "7"], [10, 10]) | {"question": question}]
+    c = call("p:1", question, n=2)
+    assert prompt_tokens(c) == 100
+
+    async def go(caching: bool) -> list[float]:
+        model = EngineModel(fixed_s=0.1, per_seq_s=0.0, prefill_s_per_token=0.01, prefix_caching=caching)
+        return await finish_times(SimulatedEngine(model, TraceSamples(traces)), c)
+
+    assert run_virtual(go(True)) == pytest.approx([2.0, 2.0])
+    assert run_virtual(go(False)) == pytest.approx([3.0, 3.0])
+
+
+def test_abort_frees_the_slot_at_once():
+    model = EngineModel(fixed_s=0.1, per_seq_s=0.0, max_num_seqs=1)
+
+    async def go() -> tuple[list[float], list[float]]:
+        engine = SimulatedEngine(model, TraceSamples(toy_traces(100, 10)))
+        long = asyncio.ensure_future(finish_times(engine, call("a:1", "q100")))
+        short = asyncio.ensure_future(finish_times(engine, call("b:1", "q10")))
+        await asyncio.sleep(1.0)
+        assert engine.batch == 1 and engine.requests == 2
+        await engine.abort("a:1")
+        return await long, await short
+
+    long, short = run_virtual(go())
+    assert long == [] and short == pytest.approx([2.0])
+
+
+def test_waiting_sequences_run_by_priority_then_arrival():
+    model = EngineModel(fixed_s=0.1, per_seq_s=0.0, max_num_seqs=1)
+
+    async def go() -> dict[str, float]:
+        engine = SimulatedEngine(model, TraceSamples(toy_traces(10)))
+        order = [("first", 9), ("low", 5), ("high", 1), ("high-later", 1)]
+        tasks = {name: asyncio.ensure_future(finish_times(engine, call(f"{name}:1", "q10", priority=prio))) for name, prio in order}
+        return {name: (await t)[0] for name, t in tasks.items()}
+
+    done = run_virtual(go())
+    assert done == pytest.approx({"first": 1.0, "high": 2.0, "high-later": 3.0, "low": 4.0})
+
+
+def test_fit_recovers_known_parameters():
+    truth = EngineModel(fixed_s=0.02, per_seq_s=0.0012)
+    fitted = EngineModel.fit([(b, truth.tokens_per_s(b)) for b in (1, 8, 32, 64)], max_num_seqs=64)
+    assert fitted.fixed_s == pytest.approx(0.02) and fitted.per_seq_s == pytest.approx(0.0012)
+    assert fitted.max_num_seqs == 64
+    with pytest.raises(ValueError):
+        EngineModel.fit([(8, 100.0)])
+
+
+def test_alone_time_matches_the_engine():
+    model = EngineModel(fixed_s=0.1, per_seq_s=0.01, max_num_seqs=2, prefill_s_per_token=0.001)
+    # 0.1 s prefill; 10 and 20 decode; at progress 10 the third joins and ends with the 20 at progress 20.
+    assert model.alone_s(100, [10, 20, 10]) == pytest.approx(0.1 + 10 * 0.12 + 10 * 0.12)
+    question = "q" * 396
+    trace = sc_trace("x", ["1", "2", "3"], [10, 20, 10]) | {"question": question}
+
+    async def go() -> tuple[float, float]:
+        engine = SimulatedEngine(model, TraceSamples([trace]))
+        done = await finish_times(engine, call("p:1", question, n=3))
+        return max(done), engine.alone_s["p"]
+
+    last, alone = run_virtual(go())
+    assert last == pytest.approx(alone)
+
+
+@pytest.mark.parametrize("name", ["gsm8k-test-sc16", "arithmetic-test-sc16"])
+def test_every_recorded_answer_round_trips_through_sample_answer(name):
+    samples = [s for t in load_traces(TRACES / f"{name}.jsonl") for s in t["samples"]]
+    assert samples
+    for s in samples:
+        assert sample_answer(sample_text(s["answer"], s["finish_reason"]), s["finish_reason"], "auto") == s["answer"], s
+
+
+def test_a_program_draws_recorded_samples_without_replacement_and_cycles():
+    trace = sc_trace("x", ["1", "2", "3"], [5, 6, 7]) | {"question": "Q"}
+    deck = TraceSamples([trace], seed=3)
+    first = deck.draw(call("p:1", "Q", n=3))
+    assert sorted(d.tokens for d in first) == [5, 6, 7]
+    assert len(deck.draw(call("p:2", "Q", n=4))) == 4
+    assert [d.tokens for d in TraceSamples([trace], seed=3).draw(call("p:1", "Q", n=3))] == [d.tokens for d in first]
+
+
+def test_runner_gang_switch_sends_every_request_at_priority_zero():
+    for gang in (True, False):
+        engine = ScriptedEngine(lambda c, i: f"\\boxed{{{i}}}")
+        runner = ProgramRunner(engine, Scheduler(), gang=gang, inline_results=True)
+        prog = create("self-consistency", "What is 3 + 5?", {"budget": 4, "round_size": 2})
+        asyncio.run(runner.run("p", prog))
+        assert engine.calls and all((c.priority == 0) is (not gang) for c in engine.calls), gang
+
+
+def test_simulated_dynasor_stops_settled_programs_early():
+    traces = toy_traces(100)
+    result = simulate("dynasor", traces, rate=0.1, slo_scale=1, programs=20, model=GPU, policy=ThresholdPolicy(settle=0.9, detect_step=2))
+    assert all(r.answer == "7" and r.correct and r.attained for r in result.records)
+    assert all(r.tokens == 200 for r in result.records), "one round of the detect step, then settled"
+    baseline = simulate("baseline", traces, rate=0.1, slo_scale=1, programs=20, model=GPU)
+    assert all(r.tokens == 16 * 100 for r in baseline.records)
+    assert all(o.ftf == pytest.approx(1.0, rel=0.05) for o in result.outcomes), "nearly alone on the engine"
+
+
+def test_dynasor_attains_more_slos_than_the_baseline_under_overload():
+    runs = {s: simulate(s, GSM8K, rate=6, slo_scale=1, programs=400, model=GPU) for s in ("baseline", "dynasor")}
+    assert runs["dynasor"].summary.attainment > runs["baseline"].summary.attainment + 0.3
+    assert runs["dynasor"].summary.accuracy > runs["baseline"].summary.accuracy
+
+
+def test_replicas_share_the_load():
+    one = simulate("dynasor", GSM8K, rate=8, slo_scale=1, programs=300, model=GPU)
+    two = simulate("dynasor", GSM8K, rate=8, slo_scale=1, programs=300, model=GPU, config=SimConfig(replicas=2))
+    assert two.summary.attainment > one.summary.attainment
+    assert two.summary.p50_latency_s < one.summary.p50_latency_s
+
+
+def test_sustainable_rate_and_tightest_slo_interpolate_the_90_percent_crossing():
+    rows = [{"system": "s", "rate": r, "slo_scale": 1.0, "attainment": a} for r, a in ((1, 1.0), (2, 0.95), (4, 0.85))]
+    assert sustainable_rate(rows, "s", 1.0) == pytest.approx(3.0)
+    rows = [{"system": "s", "rate": 2, "slo_scale": s, "attainment": a} for s, a in ((0.5, 0.5), (1.0, 0.8), (2.0, 1.0))]
+    assert tightest_slo_scale(rows, "s", 2) == pytest.approx(1.5)
+    assert sustainable_rate([{"system": "s", "rate": 1, "slo_scale": 1.0, "attainment": 0.5}], "s", 1.0) is None
+
+
+def test_cli_prints_a_table_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "sim.json"
+    assert main(["--programs", "30", "--rates", "2", "--systems", "dynasor,baseline", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "dynasor" in printed and "baseline" in printed and "sustainable rate" in printed
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["system"] for r in rows] == ["dynasor", "baseline"] and rows[0]["programs"] == 30
+
+
+def test_ten_thousand_programs_simulate_within_five_minutes():
+    t0 = time.perf_counter()
+    result = simulate(SYSTEMS["dynasor"], GSM8K, rate=4, slo_scale=1, programs=10_000, model=GPU)
+    wall = time.perf_counter() - t0
+    print(f"\n10,000 dynasor programs: {wall:.1f} s wall for {result.duration_s:.0f} s simulated, "
+          f"SLO attainment {result.summary.attainment:.1%}")
+    assert len(result.records) == 10_000
+    assert wall < 300
