@@ -233,8 +233,9 @@ def create(name: str, question: str, options: Mapping[str, Any], limits: Limits 
             raise RequestError(f"options.{key}: unknown option for {name}; known: {', '.join(sorted(specs))}")
     values = {k: spec.check(f"options.{k}", options[k], limits) if k in options else spec.default
               for k, spec in specs.items()}
-    if values.get("min_tokens") and values.get("max_tokens") and values["min_tokens"] > values["max_tokens"]:
-        raise RequestError(f"options.min_tokens: must not exceed max_tokens ({values['max_tokens']}), got {values['min_tokens']}")
+    low, high = values.get("min_tokens"), values.get("max_tokens")
+    if isinstance(low, int) and isinstance(high, int) and low > high:
+        raise RequestError(f"options.min_tokens: must not exceed max_tokens ({high}), got {low}")
     asked = factory.tokens_asked(values, limits)
     if asked > limits.max_program_tokens:
         raise RequestError(f"options.budget: with these options {name} may generate up to {asked} tokens; this server "

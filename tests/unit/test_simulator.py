@@ -186,7 +186,8 @@ def test_dynasor_attains_more_slos_than_the_baseline_under_overload():
 def test_replicas_share_the_load():
     one = simulate("dynasor", GSM8K, rate=8, slo_scale=1, programs=300, model=GPU)
     two = simulate("dynasor", GSM8K, rate=8, slo_scale=1, programs=300, model=GPU, config=SimConfig(replicas=2))
-    assert two.summary.attainment > one.summary.attainment
+    # One replica keeps its SLOs by shrinking budgets to the deadlines; two have room for more samples.
+    assert two.summary.mean_tokens > 1.2 * one.summary.mean_tokens
     assert two.summary.p50_latency_s < one.summary.p50_latency_s
 
 
