@@ -159,6 +159,11 @@ class ReasoningProgram(abc.ABC):
             self._finish(StopReason.CAP)
         return self.budget
 
+    def last_round(self) -> None:
+        """The deadline leaves time for one more round at most: issue what remains of the budget
+        together rather than in rounds one after another. Programs without rounds ignore it."""
+        return None
+
     def probe_steps(self, partials: Sequence[str]) -> list[Step]:
         """Steps that draw answers out of unfinished samples (`partials`: the text each had when
         its generation was cut), asked when a deadline comes before the program has an answer;

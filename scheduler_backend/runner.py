@@ -254,11 +254,18 @@ class ProgramRunner:
         rate = self._rate_per_program()
         if deadline is None or rate is None or program.done:
             return
-        fit = math.floor(max(deadline - self.clock(), 0.0) * rate / self._unit_cost(program))
+        time_left = max(deadline - self.clock(), 0.0)
+        fit = math.floor(time_left * rate / self._unit_cost(program))
         if fit < 1 and program.has_answer():
             program.stop(StopReason.DEADLINE)
-        else:
-            program.limit_budget(program.steps_used() + max(fit, 1))
+            return
+        program.limit_budget(program.steps_used() + max(fit, 1))
+        # A round lasts about one sample's tokens at the speed of one sequence (the engine's
+        # tokens/s over the sequences in flight); without time for two, the next is the last.
+        assert self.throughput.rate is not None, "a per-program rate implies a measured one"
+        round_s = self._unit_cost(program) * max(self.throughput.sequences, 1) / self.throughput.rate
+        if time_left < 2 * round_s:
+            program.last_round()
 
     def _learn_capacity(self, sequences: float, programs: float, tokens_per_s: float) -> None:
         """A throughput window closed: the controller learns from it, and what it proposes is the

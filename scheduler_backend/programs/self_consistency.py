@@ -46,6 +46,7 @@ class SelfConsistency(PolicyProgram):
         self._rounds = 0
         self._waiting = False
         self.probed = 0  # answers drawn from unfinished samples by probing
+        self._last_round = False  # a deadline is near: the next round takes the rest of the budget
 
     @classmethod
     def from_options(cls, question: str, o: Mapping[str, Any], policy: AllocationPolicy) -> SelfConsistency:
@@ -57,7 +58,8 @@ class SelfConsistency(PolicyProgram):
     def next_steps(self) -> list[Step]:
         if self.done or self._waiting:
             return []
-        size = min(self.first_round if self._rounds == 0 else self.round_size, self.budget - self._issued)
+        size = self.first_round if self._rounds == 0 else self.round_size
+        size = min(self.budget if self._last_round else size, self.budget - self._issued)
         if size < 1:
             return []
         self._issued += size
@@ -65,6 +67,9 @@ class SelfConsistency(PolicyProgram):
         self._waiting = True
         return [GenerateStep(key=f"round{self._rounds}", sampling=replace(self.sampling, n=size),
                              messages=self.solve_messages())]
+
+    def last_round(self) -> None:
+        self._last_round = True
 
     def first_units(self) -> int:
         return min(self.first_round, self.budget)
