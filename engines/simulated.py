@@ -29,6 +29,7 @@ import heapq
 import itertools
 import json
 import random
+import re
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -147,11 +148,20 @@ def prompt_tokens(call: GenerateCall) -> int:
     return sum(len(m.content) // 4 + 4 for m in call.messages) or len(call.prompt) // 4 + 1
 
 
+# Probing (the runner's answer at a deadline) is modelled, not replayed: the traces keep no partial
+# texts. A running sequence shows a marker as its first text; a probe continuing that marker
+# answers with the sample's recorded answer when the sequence had done at least PROBE_READY of its
+# tokens when it was cut, and with nothing otherwise (an assumption, stated in docs/results.md).
+PROBE_READY = 0.5
+_MARKER = re.compile(r"<sim-sample (\S+) (\d+)>")
+
+
 @dataclass(frozen=True)
 class DrawnSample:
     tokens: int
     text: str
     finish_reason: str
+    answer: str | None = None  # what a probe of it gives once it is far enough along
 
 
 class TraceSamples:
@@ -181,10 +191,10 @@ class TraceSamples:
                 deck.reverse()  # popped from the end: the shuffled order from its start
             s = samples[deck.pop()]
             if s["tokens"] > call.sampling.max_tokens:
-                out.append(DrawnSample(call.sampling.max_tokens, NO_ANSWER_TEXT, "length"))
+                out.append(DrawnSample(call.sampling.max_tokens, NO_ANSWER_TEXT, "length", s["answer"]))
             else:
                 reason = s.get("finish_reason") or "stop"
-                out.append(DrawnSample(s["tokens"], sample_text(s["answer"], reason), reason))
+                out.append(DrawnSample(s["tokens"], sample_text(s["answer"], reason), reason, s["answer"]))
         return out
 
     def forget(self, owner: str) -> None:
@@ -210,6 +220,7 @@ class _Request:
     seqs: list[_Seq] = field(default_factory=list)
     left: int = 0
     prefilled: bool = False
+    probe: bool = False  # a probe's own text carries no marker
 
 
 class SimulatedEngine:
@@ -231,6 +242,7 @@ class SimulatedEngine:
         self._stall_until = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._cut: dict[str, str | None] = {}  # marker -> answer a probe of the cut sequence gives
 
     @property
     def batch(self) -> int:
@@ -245,8 +257,9 @@ class SimulatedEngine:
         if call.request_id in self._requests:
             raise EngineError(f"simulated engine: request id {call.request_id!r} is already running")
         self._loop = asyncio.get_running_loop()
-        drawn = self.samples.draw(call)
-        req = _Request(call.request_id, prompt_tokens(call), asyncio.Queue(), left=len(drawn))
+        probed = self._probe(call)
+        drawn = probed or self.samples.draw(call)
+        req = _Request(call.request_id, prompt_tokens(call), asyncio.Queue(), left=len(drawn), probe=bool(probed))
         owner = call.request_id.split(":", 1)[0]
         self.alone_s[owner] = self.alone_s.get(owner, 0.0) + self.model.alone_s(req.prompt_tokens, [d.tokens for d in drawn])
         now = self._loop.time()
@@ -280,6 +293,17 @@ class SimulatedEngine:
         if self._timer is not None:
             self._timer.cancel()
 
+    def _probe(self, call: GenerateCall) -> list[DrawnSample]:
+        """A probe of a cut sequence (its marker in the continued text): its recorded answer if it
+        had done PROBE_READY of its tokens, else no answer; [] for any other call."""
+        last = call.messages[-1] if call.messages else None
+        marker = _MARKER.search(last.content) if last is not None and last.role == "assistant" else None
+        if marker is None:
+            return []
+        answer = self._cut.pop(f"{marker.group(1)} {marker.group(2)}", None)
+        text = f"{answer}}}" if answer is not None else "}"
+        return [DrawnSample(min(call.sampling.max_tokens, 4), text, "stop")] * call.sampling.n
+
     def _advance(self, now: float) -> None:
         """Decode progress up to `now` at the current batch size (none during a prefill stall)."""
         start = max(self._t, self._stall_until)
@@ -300,6 +324,8 @@ class SimulatedEngine:
             seq.finish_at = self._progress + seq.sample.tokens
             self._running.add(seq)
             heapq.heappush(self._finishing, (seq.finish_at, id(seq), seq))
+            if not req.probe:
+                req.queue.put_nowait([SampleDelta(index=seq.index, text=f"<sim-sample {req.id} {seq.index}>", num_tokens=0)])
         while self._finishing and self._finishing[0][2].dead:
             heapq.heappop(self._finishing)
         if self._timer is not None:
@@ -342,6 +368,9 @@ class SimulatedEngine:
         now = self._loop.time()
         self._advance(now)
         for seq in req.seqs:
+            if seq in self._running and seq.sample.tokens:
+                done = 1 - (seq.finish_at - self._progress) / seq.sample.tokens
+                self._cut[f"{req.id} {seq.index}"] = seq.sample.answer if done >= PROBE_READY else None
             seq.dead = True
             self._running.discard(seq)
         req.queue.put_nowait(None)

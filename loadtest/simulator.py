@@ -44,6 +44,7 @@ from engines.simulated import EngineModel, SimulatedEngine, TraceSamples
 from loadtest.slo import ClassSummary, ProgramRecord, SampleAccumulator, percentile, program_deadline, summarize
 from loadtest.virtual_loop import run_virtual
 from scheduler_backend.allocation import AllocationPolicy, UniformPolicy, load_policy
+from scheduler_backend.capacity import ConcurrencyController
 from scheduler_backend.engine import GenerateCall, SamplingSpec
 from scheduler_backend.programs.self_consistency import SelfConsistency
 from scheduler_backend.prompts import solve_messages
@@ -86,7 +87,8 @@ class SimConfig:
     grace_s: float = 1e-6  # no response trip to allow for: only the rounding of virtual times
     replicas: int = 1
     balancer: str = "least-loaded"  # or "round-robin"
-    max_running: int | None = None  # programs admitted per replica; None: 2 x max_num_seqs / round_size
+    max_running: int | None = None  # programs admitted per replica; None: "auto", as the server (capacity.py)
+    probe_s: float = 1.0  # the server's deadline_probe_s
     seed: int = 0
 
 
@@ -149,15 +151,16 @@ class _Replica:
 
 
 def _replicas(system: System, model: EngineModel, samples: TraceSamples, config: SimConfig) -> list[_Replica]:
-    max_running = config.max_running or max(1, 2 * model.max_num_seqs // config.round_size)
     out = []
     for _ in range(config.replicas):
         engine = SimulatedEngine(model, samples)
         runner = None
         if system.runner:
+            concurrency = None if config.max_running else ConcurrencyController(max_seqs=model.max_num_seqs)
+            max_running = config.max_running or (concurrency.max_running if concurrency else 1)
             scheduler = Scheduler(max_running=max_running, policy=system.scheduling)
             runner = ProgramRunner(engine, scheduler, clock=asyncio.get_running_loop().time, progress_interval_s=None,
-                                   inline_results=True, gang=system.gang)
+                                   inline_results=True, gang=system.gang, concurrency=concurrency, probe_s=config.probe_s)
         out.append(_Replica(engine, runner))
     return out
 
@@ -328,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--budget", type=int, default=16)
     p.add_argument("--round-size", type=int, default=4)
     p.add_argument("--base-deadline-s", type=float, default=30.0)
-    p.add_argument("--max-running", type=int, default=None, help="programs admitted per replica (default 2 x max_num_seqs / round size)")
+    p.add_argument("--max-running", type=int, default=None, help="programs admitted per replica (default: auto, from measured capacity, as the server)")
     p.add_argument("--policy", default=None, help="allocation policy file (default: the shipped calibration's curve)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--target", type=float, default=0.9, help="SLO attainment for the sustainable rate and tightest SLO")

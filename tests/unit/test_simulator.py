@@ -41,7 +41,7 @@ async def finish_times(engine: SimulatedEngine, c: GenerateCall, at: float = 0.0
     await asyncio.sleep(at)
     out = []
     async for deltas in engine.generate(c):
-        out += [loop.time()] * len(deltas)
+        out += [loop.time()] * sum(d.finished for d in deltas)
     return out
 
 
@@ -216,3 +216,19 @@ def test_ten_thousand_programs_simulate_within_five_minutes():
           f"SLO attainment {result.summary.attainment:.1%}")
     assert len(result.records) == 10_000
     assert wall < 300
+
+
+def test_a_deadline_before_any_sample_finished_is_answered_by_probing_samples_far_enough_along():
+    # Samples of 300 and 600 tokens on the GPU model (about 10.2 ms a step at this batch): probed
+    # 1 s before a 3 s deadline, the 300-token samples are past half-way, the 600-token ones are not;
+    # nothing has finished.
+    traces = toy_traces(300, 600)
+    policy = ThresholdPolicy(settle=0.9, detect_step=4)
+
+    def run(trace: dict, probe_s: float):
+        config = SimConfig(budget=4, round_size=4, base_deadline_s=3.0, probe_s=probe_s)
+        return simulate("dynasor", [trace], rate=0.01, slo_scale=1, programs=3, model=GPU, config=config, policy=policy)
+
+    assert all(r.answer == "7" and r.attained for r in run(traces[0], 1.0).records), "probed answers vote"
+    assert all(r.answer is None for r in run(traces[1], 1.0).records), "a probe of a sample not half done gives nothing"
+    assert all(r.answer is None for r in run(traces[0], 0.0).records), "no probing, no answer"
