@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup warm demo test unit lint serve bench-live bench-policy bench-accuracy bench-dynasor bench-scheduling bench-scheduler bench-batch loadtest clean
+.PHONY: setup warm demo test unit lint serve bench-slo bench-live bench-policy bench-accuracy bench-dynasor bench-scheduling bench-scheduler bench-batch loadtest clean
 
 setup:
 	@bash scripts/setup.sh
@@ -45,6 +45,13 @@ bench-dynasor: warm
 
 bench-scheduling: warm
 	$(PY) -m benchmarks.bench_scheduling
+
+# SLO attainment under load, dynasor against the baseline (fixed-n self-consistency straight to policy):
+# real-server rate and SLO-scale sweeps with Locust (about 45 minutes on 2 cores), then the simulator
+# checked against them and run at scale: docs/results/slo_*.png and slo.md.
+bench-slo: warm
+	$(PY) -m benchmarks.bench_slo
+	$(PY) -m benchmarks.slo_report
 
 bench-scheduler: setup
 	$(PY) -m benchmarks.bench_scheduler

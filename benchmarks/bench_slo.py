@@ -53,7 +53,8 @@ def _policy_tokens(url: str, prompt: str, sampling: dict[str, Any]) -> tuple[int
 
 def calibrate_engine(url: str, prompt: str, levels: list[int], max_tokens: int) -> dict[str, Any]:
     """Tokens/s at each count of sequences in flight (requests of n=8 samples, as programs send,
-    fixed length via ignore_eos), and the first-token time of `prompt` alone (its prefill)."""
+    fixed length via ignore_eos; the better of two tries, since anything else running on the
+    host only ever slows it), and the first-token time of `prompt` alone (its prefill)."""
     _policy_tokens(url, prompt, {"max_tokens": 4})  # warm up
     ttft = min(_policy_tokens(url, prompt, {"max_tokens": 1})[1] for _ in range(3))
     points = []
@@ -61,10 +62,13 @@ def calibrate_engine(url: str, prompt: str, levels: list[int], max_tokens: int) 
         n = min(seqs, 8)
         requests = max(seqs // n, 1)
         sampling = {"max_tokens": max_tokens, "ignore_eos": True, "temperature": 0.7, "n": n}
-        with ThreadPoolExecutor(requests) as pool:
-            t0 = time.perf_counter()
-            tokens = sum(t for t, _ in pool.map(_policy_tokens, [url] * requests, [prompt] * requests, [sampling] * requests))
-            points.append({"sequences": n * requests, "tokens_per_s": tokens / (time.perf_counter() - t0)})
+        best = 0.0
+        for _ in range(2):
+            with ThreadPoolExecutor(requests) as pool:
+                t0 = time.perf_counter()
+                tokens = sum(t for t, _ in pool.map(_policy_tokens, [url] * requests, [prompt] * requests, [sampling] * requests))
+                best = max(best, tokens / (time.perf_counter() - t0))
+        points.append({"sequences": n * requests, "tokens_per_s": best})
     return {"points": points, "ttft_s": ttft, "prompt_chars": len(prompt), "max_tokens": max_tokens}
 
 
@@ -95,17 +99,19 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--model", default="qwen2.5-coder-0.5b")
     ap.add_argument("--systems", default="dynasor,baseline")
-    ap.add_argument("--rates", type=_floats, default=_floats("0.04,0.08,0.16,0.3"), help="programs/s, the rate sweep")
+    ap.add_argument("--rates", type=_floats, default=_floats("0.05,0.1,0.2,0.4"), help="programs/s, the rate sweep")
     ap.add_argument("--rate-sweep-scale", type=float, default=2.0, help="the SLO scale of the rate sweep")
     ap.add_argument("--slo-scales", type=_floats, default=_floats("0.5,1,4"), help="the SLO-scale sweep (plus the rate sweep's scale)")
-    ap.add_argument("--scale-sweep-rate", type=float, default=0.08, help="programs/s of the SLO-scale sweep")
-    ap.add_argument("--base-deadline-s", type=float, default=15.0, help="deadline at SLO scale 1")
-    ap.add_argument("--duration-s", type=float, default=150.0, help="arrivals per point for this long")
+    ap.add_argument("--scale-sweep-rate", type=float, default=0.1, help="programs/s of the SLO-scale sweep")
+    ap.add_argument("--base-deadline-s", type=float, default=20.0, help="deadline at SLO scale 1")
+    ap.add_argument("--duration-s", type=float, default=120.0, help="arrivals per point for this long")
     ap.add_argument("--budget", type=int, default=8, help="samples per program (dynasor's budget, the baseline's n)")
     ap.add_argument("--max-tokens", type=int, default=640, help="per sample; the committed traces' cap")
     ap.add_argument("--questions", type=int, default=200, help="the first N GSM8K test questions (the traced ones)")
     ap.add_argument("--calibration-levels", default="1,8,16,32,64")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--engine-only", action="store_true",
+                    help="measure the engine again and replace only that part of --out (a quiet machine matters here)")
     ap.add_argument("--out", default="runs/slo/real.json")
     args = ap.parse_args(argv)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
@@ -118,7 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     points += [(args.scale_sweep_rate, s) for s in args.slo_scales if (args.scale_sweep_rate, s) not in points]
     hardware = cpu_model()
     print(f"hardware: {hardware}\n{len(points)} points x {len(systems)} systems, {args.duration_s:g} s each", flush=True)
-    result: dict[str, Any] = {"hardware": hardware, "settings": {k: v for k, v in vars(args).items() if k != "out"}, "points": []}
+    result: dict[str, Any] = {"hardware": hardware, "settings": {k: v for k, v in vars(args).items() if k not in ("out", "engine_only")},
+                              "points": []}
+    if args.engine_only:
+        result = json.loads(out.read_text())
+        points = []
     srv = start_server(policy_model=args.model)
     try:
         srv.wait_ready(timeout_s=900)
