@@ -210,6 +210,7 @@ class _Seq:
     sample: DrawnSample
     finish_at: float = 0.0  # decode progress at which it finishes (set when admitted)
     dead: bool = False
+    reported: int = 0  # tokens already streamed
 
 
 @dataclass(eq=False)
@@ -227,8 +228,13 @@ class SimulatedEngine:
     """The Engine protocol on the running loop's clock (virtual or real). `alone_s` accumulates,
     per program (request id before ':'), the time its requests take on an idle engine."""
 
-    def __init__(self, model: EngineModel, samples: TraceSamples):
+    def __init__(self, model: EngineModel, samples: TraceSamples, stream_every_s: float = 0.5):
+        """`stream_every_s`: how often running sequences report the tokens they made (as vLLM
+        streams them; the runner measures the engine's rate from them); each sample's text comes
+        whole when it finishes."""
         self.model = model
+        self.stream_every_s = stream_every_s
+        self._ticker: asyncio.TimerHandle | None = None
         self.samples = samples
         self.alone_s: dict[str, float] = {}
         self.tokens_generated = 0
@@ -290,8 +296,9 @@ class SimulatedEngine:
         return [0.5] * len(candidates)
 
     def shutdown(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        for timer in (self._timer, self._ticker):
+            if timer is not None:
+                timer.cancel()
 
     def _probe(self, call: GenerateCall) -> list[DrawnSample]:
         """A probe of a cut sequence (its marker in the continued text): its recorded answer if it
@@ -331,6 +338,7 @@ class SimulatedEngine:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._tick()
         if self._finishing and self._loop is not None:
             left = max(self._finishing[0][0] - self._progress, 0.0)
             when = max(now, self._stall_until) + left * self.model.iteration_s(len(self._running))
@@ -351,13 +359,34 @@ class SimulatedEngine:
             req = seq.request
             req.left -= 1
             self.tokens_generated += seq.sample.tokens
-            out.setdefault(req, []).append(SampleDelta(index=seq.index, text=seq.sample.text, num_tokens=seq.sample.tokens,
+            out.setdefault(req, []).append(SampleDelta(index=seq.index, text=seq.sample.text,
+                                                       num_tokens=seq.sample.tokens - seq.reported,
                                                        finished=True, finish_reason=seq.sample.finish_reason))
             if not req.left:
                 del self._requests[req.id]
         for req, deltas in out.items():
             req.queue.put_nowait(deltas)
         self._update(now)
+
+    def _on_tick(self) -> None:
+        """Stream the tokens each running sequence has made since its last report."""
+        assert self._loop is not None, "set by the first generate"
+        self._ticker = None
+        self._advance(self._loop.time())
+        out: dict[_Request, list[SampleDelta]] = {}
+        for seq in self._running:
+            made = min(int(self._progress - (seq.finish_at - seq.sample.tokens)), seq.sample.tokens - 1) - seq.reported
+            if made > 0:
+                seq.reported += made
+                out.setdefault(seq.request, []).append(SampleDelta(index=seq.index, text="", num_tokens=made))
+        for req, deltas in out.items():
+            req.queue.put_nowait(deltas)
+        self._tick()
+
+    def _tick(self) -> None:
+        """Keep the stream ticking while sequences run (an idle engine schedules nothing)."""
+        if self._ticker is None and self._running and self._loop is not None and self.stream_every_s > 0:
+            self._ticker = self._loop.call_later(self.stream_every_s, self._on_tick)
 
     def _drop(self, req: _Request) -> None:
         """End a request now (abort, or its stream closed early): its sequences leave the batch."""

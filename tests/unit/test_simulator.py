@@ -71,6 +71,21 @@ def test_completion_times_follow_the_batch_size():
     assert run_virtual(go("mixed")) == pytest.approx([1.2, 2.3])
 
 
+def test_running_samples_stream_their_tokens_before_they_finish():
+    """10 ms a token: a 400-token sample reports about 50 tokens every 0.5 s, then the rest with
+    its text, so a rate can be measured long before anything finishes."""
+    engine = SimulatedEngine(EngineModel(fixed_s=0.01, per_seq_s=0.0), TraceSamples(toy_traces(400)))
+
+    async def go() -> list[tuple[float, int, bool]]:
+        loop = asyncio.get_running_loop()
+        return [(loop.time(), d.num_tokens, d.finished) async for deltas in engine.generate(call("p:1", "q400")) for d in deltas]
+
+    events = run_virtual(go())
+    streamed = [(t, n) for t, n, finished in events if n and not finished]
+    assert len(streamed) == 7 and all(n == pytest.approx(50, abs=1) for _, n in streamed)
+    assert sum(n for _, n, _ in events) == 400 and events[-1][2] and events[-1][0] == pytest.approx(4.0)
+
+
 def test_prefill_is_paid_once_per_request_with_prefix_caching():
     """A 100-token prompt at 0.01 s/token stalls decoding 1 s once with caching, once per sample
     (2 s) without; then 10 iterations of 0.1 s."""
