@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -114,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="measure the engine again and replace only that part of --out (a quiet machine matters here)")
     ap.add_argument("--out", default="runs/slo/real.json")
     args = ap.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C: the server and the Locust run in flight are stopped by pid.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = set(systems) - set(USER_CLASSES)
     if unknown:

@@ -145,7 +145,9 @@ class _ProgramUser(User):
         super().__init__(environment)
         o = _options(environment)
         self.o = o
-        self.rng = random.Random(f"{o.seed}-{type(self).__name__}-{next(_Run.user_numbers)}")
+        # Not seeded by class: runs of different classes with one seed get the same arrivals and
+        # questions, so they compare program by program.
+        self.rng = random.Random(f"{o.seed}-{next(_Run.user_numbers)}")
         self.deadline_s = program_deadline(o.slo_scale, o.base_deadline_s)
 
     def wait_time(self) -> float:
