@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--model", default="qwen2.5-coder-0.5b")
     ap.add_argument("--systems", default="dynasor,baseline")
-    ap.add_argument("--rates", type=_floats, default=_floats("0.05,0.1,0.2,0.4"), help="programs/s, the rate sweep")
+    ap.add_argument("--rates", type=_floats, default=_floats("0.1,0.2,0.3,0.45"), help="programs/s, the rate sweep")
     ap.add_argument("--rate-sweep-scale", type=float, default=2.0, help="the SLO scale of the rate sweep")
     ap.add_argument("--slo-scales", type=_floats, default=_floats("0.5,1,4"), help="the SLO-scale sweep (plus the rate sweep's scale)")
     ap.add_argument("--scale-sweep-rate", type=float, default=0.1, help="programs/s of the SLO-scale sweep")
