@@ -271,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(gpu_lines), flush=True)
 
     (out / "slo.md").write_text("\n".join(md) + "\n")
+    # The real run is kept with its figures: the simulator's agreement test replays its points.
+    (out / "slo_real.json").write_text(json.dumps(real, indent=1))
     (out / "slo.json").write_text(json.dumps({"agreement": agreement, "simulated_rate": sim_rate, "simulated_scale": sim_scale,
                                               "ablation": ablation, "gpu": gpu_rows, "ratios": summary}, indent=1))
     print(f"wrote {out / 'slo.md'} and 4 plots in {time.perf_counter() - start:.0f} s")
