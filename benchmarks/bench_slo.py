@@ -132,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.engine_only:
         result = json.loads(out.read_text())
         points = []
+    elif out.exists():
+        # Systems not run now keep their points (same seed: the same arrivals and questions).
+        kept = [p for p in json.loads(out.read_text())["points"] if p["system"] not in systems]
+        result["points"] = kept
     srv = start_server(policy_model=args.model)
     try:
         srv.wait_ready(timeout_s=900)
