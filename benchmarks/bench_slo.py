@@ -83,7 +83,8 @@ def locust_point(system: str, rate: float, slo_scale: float, args: argparse.Name
         "--program-rate", f"{rate:g}", "--slo-scale", f"{slo_scale:g}", "--base-deadline-s", f"{args.base_deadline_s:g}",
         "--dataset", "gsm8k", "--questions", str(args.questions), "--budget", str(args.budget),
         "--max-tokens", str(args.max_tokens), "--seed", str(args.seed), "--summary-json", str(summary),
-        "--exit-code-on-error", "0", "--csv", str(out_dir / tag), USER_CLASSES[system],
+        "--exit-code-on-error", "0", "--csv", str(out_dir / tag), "--records-json", str(out_dir / f"{tag}.records.jsonl"),
+        USER_CLASSES[system],
     ]
     env = {**os.environ, "PYTHONPATH": "."}
     t0 = time.perf_counter()

@@ -29,6 +29,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,7 @@ def _arguments(parser: LocustArgumentParser) -> None:
     group.add_argument("--max-tokens", type=int, default=640, help="tokens per sample, both")
     group.add_argument("--dynasor-options", default="{}", help="more dynasor options as a JSON object (win over the above)")
     group.add_argument("--summary-json", default="", help="write the per-class summary here at test stop")
+    group.add_argument("--records-json", default="", help="write every program's record here at test stop (JSON lines)")
     group.add_argument("--seed", type=int, default=0)
 
 
@@ -133,6 +135,8 @@ def _stop(environment: Environment, **_: Any) -> None:
         path = Path(o.summary_json)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(summary_json(summary, settings, duration))
+    if o.records_json:
+        Path(o.records_json).write_text("".join(json.dumps(asdict(r)) + "\n" for r in _Run.records))
 
 
 class _ProgramUser(User):
@@ -163,8 +167,8 @@ class _ProgramUser(User):
         problem = self.rng.choice(_Run.problems)
         _Run.in_flight.spawn(self._program, problem)
 
-    def solve(self, problem: Problem) -> tuple[str | None, int, bool]:
-        """(answer, tokens, ended): `ended` is False when the client gave up on a stream that sent no final answer."""
+    def solve(self, problem: Problem) -> Outcome:
+        """What the program returned; `ended` is False when the client gave up on a stream that sent no final answer."""
         raise NotImplementedError
 
     @property
@@ -173,24 +177,38 @@ class _ProgramUser(User):
 
     def _program(self, problem: Problem) -> None:
         start = time.monotonic()
-        answer, tokens, ended, error = None, 0, True, ""
+        outcome, error = Outcome(), ""
         try:
-            answer, tokens, ended = self.solve(problem)
+            outcome = self.solve(problem)
         except Exception as e:  # any failure is this program's: recorded, reported, never raised into Locust
             error = f"{type(e).__name__}: {e}"
         latency = time.monotonic() - start
-        record = ProgramRecord(user_class=type(self).__name__, latency_s=latency, deadline_s=self.deadline_s, answer=answer,
-                               correct=is_correct(problem, answer), tokens=tokens, error=error, ended=ended,
-                               grace_s=self.o.deadline_grace_s)
+        record = ProgramRecord(user_class=type(self).__name__, latency_s=latency, deadline_s=self.deadline_s, answer=outcome.answer,
+                               correct=is_correct(problem, outcome.answer), tokens=outcome.tokens, error=error, ended=outcome.ended,
+                               grace_s=self.o.deadline_grace_s, question_id=problem.id, stop_reason=outcome.stop_reason,
+                               steps=outcome.steps, probed=outcome.probed)
         _Run.records.append(record)
         failure = record.failure()
         self.environment.events.request.fire(
-            request_type=self.request_type, name=self.program_name, response_time=latency * 1000, response_length=tokens,
+            request_type=self.request_type, name=self.program_name, response_time=latency * 1000, response_length=outcome.tokens,
             exception=ProgramMissed(failure) if failure else None, context={"problem": problem.id, "correct": record.correct},
         )
 
     def _limit_s(self) -> float:
         return self.deadline_s + self.o.deadline_grace_s
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one program returned to its client: answer, tokens, whether its stream ended, and the
+    stop reason, steps (samples) and probed samples when the server reports them."""
+
+    answer: str | None = None
+    tokens: int = 0
+    ended: bool = True
+    stop_reason: str = ""
+    steps: int = 0
+    probed: int = 0
 
 
 class ProgramMissed(Exception):
@@ -201,13 +219,13 @@ class _DynasorUser(_ProgramUser):
     abstract = True
     protocol = "grpc"
 
-    def solve(self, problem: Problem) -> tuple[str | None, int, bool]:
+    def solve(self, problem: Problem) -> Outcome:
         url = self.o.grpc_url if self.protocol == "grpc" else self.o.http_url
         client = DynasorClient(url, protocol=self.protocol, timeout_s=self._limit_s() + 5)
         options = {"budget": self.o.budget, "max_tokens": self.o.max_tokens, **json.loads(self.o.dynasor_options),
                    "deadline_s": self.deadline_s}
         return _until(self._limit_s(), lambda: client.stream(problem.question, self.o.program, options),
-                      lambda p: (p.answer, p.tokens_used, p.final))
+                      lambda p: Outcome(p.answer, p.tokens_used, p.final, p.stop_reason, p.steps, int(p.details.get("probed", 0))))
 
 
 class DynasorGrpcUser(_DynasorUser):
@@ -229,7 +247,7 @@ class BaselineUser(_ProgramUser):
     def program_name(self) -> str:
         return "self-consistency"
 
-    def solve(self, problem: Problem) -> tuple[str | None, int, bool]:
+    def solve(self, problem: Problem) -> Outcome:
         call = GenerateCall(request_id=uuid.uuid4().hex, messages=solve_messages(problem.question),
                             sampling=SamplingSpec(n=self.o.budget, max_tokens=self.o.max_tokens, temperature=0.5, top_p=1.0, top_k=50))
         samples = SampleAccumulator()
@@ -240,13 +258,14 @@ class BaselineUser(_ProgramUser):
                     samples.add(decode_deltas(response.outputs))
         finally:
             stream.close()  # at the deadline: cancels the samples still running
-        return samples.answer(), samples.tokens, True
+        return Outcome(samples.answer(), samples.tokens, True, "deadline" if samples.finished < self.o.budget else "finished",
+                       samples.finished)
 
 
-def _until(limit_s: float, open_stream: Callable[[], Any], read: Callable[[Any], tuple[str | None, int, bool]]) -> tuple[str | None, int, bool]:
+def _until(limit_s: float, open_stream: Callable[[], Any], read: Callable[[Any], Outcome]) -> Outcome:
     """Read a dynasor stream to its final response, or give up at `limit_s` (closing it cancels
-    the program): (answer, tokens, ended) of the last response seen."""
-    last: tuple[str | None, int, bool] = (None, 0, False)
+    the program): the outcome of the last response seen (not ended if that was not the final one)."""
+    last = Outcome(ended=False)
     stream = open_stream()
     try:
         with gevent.Timeout(limit_s, False):

@@ -80,6 +80,10 @@ class ProgramRecord:
     error: str = ""
     ended: bool = True  # False: the client gave up on a stream that never sent its final answer
     grace_s: float = 0.0
+    question_id: str = ""
+    stop_reason: str = ""  # as the server (or the baseline client) reports it
+    steps: int = 0  # samples the answer was voted from
+    probed: int = 0  # of them, answers probed out of unfinished samples at the deadline
 
     @property
     def deadline_met(self) -> bool:

@@ -24,7 +24,8 @@ def test_locust_headless_run_writes_stats_and_an_slo_summary(server, tmp_path):
         "-u", "3", "-r", "3", "-t", "8s", "--grpc-url", server.grpc_url, "--http-url", server.http_url,
         "--program-rate", "1.0", "--base-deadline-s", "15", "--slo-scale", "1", "--budget", "2", "--max-tokens", "32",
         "--dynasor-options", '{"round_size": 2}', "--seed", "3", "--exit-code-on-error", "0",
-        "--csv", str(tmp_path / "load"), "--summary-json", str(summary_path), *CLASSES,
+        "--csv", str(tmp_path / "load"), "--summary-json", str(summary_path), "--records-json", str(tmp_path / "records.jsonl"),
+        *CLASSES,
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
@@ -44,3 +45,8 @@ def test_locust_headless_run_writes_stats_and_an_slo_summary(server, tmp_path):
         assert 0.0 <= s["attainment"] <= 1.0 and 0.0 <= s["accuracy"] <= 1.0, (name, s)
         assert s["p50_latency_s"] <= s["p99_latency_s"], (name, s)
         assert s["errors"] < s["programs"], f"{name}: every program failed: {done.stderr[-2000:]}"
+    records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
+    assert len(records) == sum(s["programs"] for s in summary["classes"].values())
+    served = [r for r in records if r["user_class"] != "BaselineUser" and not r["error"]]
+    assert served and all(r["stop_reason"] and r["question_id"] for r in served), served[:3]
+    assert all(r["steps"] <= 2 for r in records), "budget 2: no program votes over more samples"
