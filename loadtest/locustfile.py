@@ -29,7 +29,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from client.dynasor_client import DynasorClient
 from engines.grpc_stream import StreamCall
 from engines.policy_stream import decode_deltas, policy_inputs
 from loadtest.slo import (
+    Outcome,
     ProgramRecord,
     SampleAccumulator,
     format_summary,
@@ -196,19 +197,6 @@ class _ProgramUser(User):
 
     def _limit_s(self) -> float:
         return self.deadline_s + self.o.deadline_grace_s
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What one program returned to its client: answer, tokens, whether its stream ended, and the
-    stop reason, steps (samples) and probed samples when the server reports them."""
-
-    answer: str | None = None
-    tokens: int = 0
-    ended: bool = True
-    stop_reason: str = ""
-    steps: int = 0
-    probed: int = 0
 
 
 class ProgramMissed(Exception):

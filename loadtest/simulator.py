@@ -41,7 +41,7 @@ from typing import Any
 from tqdm import tqdm
 
 from engines.simulated import EngineModel, SimulatedEngine, TraceSamples
-from loadtest.slo import ClassSummary, ProgramRecord, SampleAccumulator, percentile, program_deadline, summarize
+from loadtest.slo import ClassSummary, Outcome, ProgramRecord, SampleAccumulator, percentile, program_deadline, summarize
 from loadtest.virtual_loop import run_virtual
 from scheduler_backend.allocation import AllocationPolicy, UniformPolicy, load_policy
 from scheduler_backend.capacity import ConcurrencyController
@@ -165,7 +165,7 @@ def _replicas(system: System, model: EngineModel, samples: TraceSamples, config:
     return out
 
 
-async def _baseline(engine: SimulatedEngine, pid: str, question: str, deadline_s: float, config: SimConfig) -> tuple[str | None, int, str]:
+async def _baseline(engine: SimulatedEngine, pid: str, question: str, deadline_s: float, config: SimConfig) -> tuple[Outcome, str]:
     call = GenerateCall(request_id=f"{pid}:all", messages=solve_messages(question),
                         sampling=SamplingSpec(n=config.budget, max_tokens=config.max_tokens, temperature=0.5, top_k=50))
     acc = SampleAccumulator()
@@ -178,16 +178,18 @@ async def _baseline(engine: SimulatedEngine, pid: str, question: str, deadline_s
         await asyncio.wait_for(consume(), deadline_s)
     except asyncio.TimeoutError:
         await engine.abort(call.request_id)
-    return acc.answer(), acc.tokens, ""
+    return Outcome(acc.answer(), acc.tokens, True, "deadline" if acc.finished < config.budget else "finished", acc.finished), ""
 
 
 async def _dynasor(runner: ProgramRunner, pid: str, question: str, deadline_s: float, policy: AllocationPolicy,
-                   config: SimConfig) -> tuple[str | None, int, str]:
+                   config: SimConfig) -> tuple[Outcome, str]:
     program = SelfConsistency(question, config.budget, policy, round_size=config.round_size,
                               first_round=getattr(policy, "detect_step", None),
                               sampling=SamplingSpec(max_tokens=config.max_tokens, temperature=0.7, top_k=50))
     state = await runner.run(pid, program, deadline_s=deadline_s)
-    return state.answer, state.tokens_used, str(state.extra.get("error", ""))
+    reason = state.stop_reason.value if state.stop_reason else ""
+    outcome = Outcome(state.answer, state.tokens_used, True, reason, state.steps, int(state.extra.get("probed", 0)))
+    return outcome, str(state.extra.get("error", ""))
 
 
 async def _simulate(system: System, arrival_list: list[tuple[float, Mapping[str, Any]]], deadline_s: float, model: EngineModel,
@@ -213,17 +215,18 @@ async def _simulate(system: System, arrival_list: list[tuple[float, Mapping[str,
         start = loop.time()
         try:
             if replica.runner is None:
-                answer, tokens, error = await _baseline(replica.engine, pid, trace["question"], deadline_s, config)
+                outcome, error = await _baseline(replica.engine, pid, trace["question"], deadline_s, config)
             else:
-                answer, tokens, error = await _dynasor(replica.runner, pid, trace["question"], deadline_s, policy, config)
+                outcome, error = await _dynasor(replica.runner, pid, trace["question"], deadline_s, policy, config)
         finally:
             replica.live -= 1
         latency = loop.time() - start
         last[0] = max(last[0], loop.time())
         samples.forget(pid)
-        records.append(ProgramRecord(user_class=system.name, latency_s=latency, deadline_s=deadline_s, answer=answer,
-                                     correct=is_right(answer, trace.get("gold")) is True, tokens=tokens, error=error,
-                                     grace_s=config.grace_s))
+        records.append(ProgramRecord(user_class=system.name, latency_s=latency, deadline_s=deadline_s, answer=outcome.answer,
+                                     correct=is_right(outcome.answer, trace.get("gold")) is True, tokens=outcome.tokens, error=error,
+                                     grace_s=config.grace_s, question_id=str(trace.get("id", "")), stop_reason=outcome.stop_reason,
+                                     steps=outcome.steps, probed=outcome.probed))
         outcomes.append(ProgramOutcome(pid, at, latency, replica.engine.alone_s.pop(pid, None)))
         if bar is not None:
             bar.update(1)

@@ -68,6 +68,19 @@ class SampleAccumulator:
 
 
 @dataclass(frozen=True)
+class Outcome:
+    """What one program returned to its client: answer, tokens, whether its stream ended, and the
+    stop reason, steps (samples) and probed samples when the server reports them."""
+
+    answer: str | None = None
+    tokens: int = 0
+    ended: bool = True
+    stop_reason: str = ""
+    steps: int = 0
+    probed: int = 0
+
+
+@dataclass(frozen=True)
 class ProgramRecord:
     """One program of the load test, as the summary needs it."""
 
