@@ -247,3 +247,22 @@ def test_a_deadline_before_any_sample_finished_is_answered_by_probing_samples_fa
     assert all(r.answer == "7" and r.attained for r in run(traces[0], 1.0).records), "probed answers vote"
     assert all(r.answer is None for r in run(traces[1], 1.0).records), "a probe of a sample not half done gives nothing"
     assert all(r.answer is None for r in run(traces[0], 0.0).records), "no probing, no answer"
+
+
+def test_the_simulator_reproduces_the_committed_real_sweep_within_15_points():
+    """Every point of the real server's sweep (docs/results/slo_real.json, `make bench-slo`) run
+    again in the simulator on the engine fitted to that run: SLO attainment within 15 points."""
+    from benchmarks.slo_report import AGREEMENT_POINTS, engine_model, simulated_point
+
+    real = json.loads((Path(__file__).resolve().parents[2] / "docs" / "results" / "slo_real.json").read_text())
+    s = real["settings"]
+    config = SimConfig(budget=s["budget"], max_tokens=s["max_tokens"], base_deadline_s=s["base_deadline_s"])
+    model = engine_model(real)
+    traces = GSM8K[: s["questions"]]
+    misses = []
+    for p in real["points"]:
+        programs = max(round(p["rate"] * s["duration_s"]), 3)
+        sim = simulated_point(p["system"], traces, p["rate"], p["slo_scale"], programs, model, config, seeds=3)
+        if abs(sim["attainment"] - p["attainment"]) > AGREEMENT_POINTS:
+            misses.append((p["system"], p["rate"], p["slo_scale"], p["attainment"], round(sim["attainment"], 3)))
+    assert len(real["points"]) >= 10 and not misses, misses
