@@ -134,9 +134,15 @@ def main(argv: list[str] | None = None) -> int:
         result = json.loads(out.read_text())
         points = []
     elif out.exists():
-        # Systems not run now keep their points (same seed: the same arrivals and questions).
-        kept = [p for p in json.loads(out.read_text())["points"] if p["system"] not in systems]
-        result["points"] = kept
+        # A later run adds or replaces points (same seed: the same arrivals and questions); what it
+        # does not run is kept, with the first run's settings, which must agree on the workload.
+        before = json.loads(out.read_text())
+        same = ("rate_sweep_scale", "scale_sweep_rate", "base_deadline_s", "duration_s", "budget", "max_tokens", "questions", "seed")
+        differ = [k for k in same if before["settings"].get(k) != result["settings"][k]]
+        if differ:
+            ap.error(f"{out} was measured with other {', '.join(differ)}; write to another --out")
+        rerun = {(s, r, c) for s in systems for r, c in points}
+        result["points"] = [p for p in before["points"] if (p["system"], p["rate"], p["slo_scale"]) not in rerun]
     srv = start_server(policy_model=args.model)
     try:
         srv.wait_ready(timeout_s=900)

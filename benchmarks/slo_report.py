@@ -160,13 +160,13 @@ def main(argv: list[str] | None = None) -> int:
 
     # 3. simulated curves on this engine
     rate_scale, scale_rate = s["rate_sweep_scale"], s["scale_sweep_rate"]
-    top = max(s["rates"]) * 1.5
-    rates = sorted({round(top * k / 12, 4) for k in range(1, 13)} | set(s["rates"]))
-    scales = sorted({0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 6} | set(s["slo_scales"]) | {rate_scale})
-    sim_rate = curves(["dynasor", "baseline"], traces, [(r, rate_scale) for r in rates], args.programs, model, config, 1, "rate curve")
-    sim_scale = curves(["dynasor", "baseline"], traces, [(scale_rate, c) for c in scales], args.programs, model, config, 1, "SLO curve")
     real_rate = [p for p in real["points"] if p["slo_scale"] == rate_scale]
     real_scale = [p for p in real["points"] if p["rate"] == scale_rate]
+    top = max(p["rate"] for p in real_rate) * 1.2
+    rates = sorted({round(top * k / 12, 4) for k in range(1, 13)} | {p["rate"] for p in real_rate})
+    scales = sorted({0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 6} | {p["slo_scale"] for p in real_scale})
+    sim_rate = curves(["dynasor", "baseline"], traces, [(r, rate_scale) for r in rates], args.programs, model, config, 1, "rate curve")
+    sim_scale = curves(["dynasor", "baseline"], traces, [(scale_rate, c) for c in scales], args.programs, model, config, 1, "SLO curve")
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     plot_sweep(axes[0], sim_rate, real_rate, "rate", ["dynasor", "baseline"])
@@ -199,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     acc = {name: statistics.fmean([r["accuracy"] for r in real["points"] if r["system"] == name] or [float("nan")])
            for name in ("dynasor", "baseline")}
     lines += [f"- accuracy over every real point: dynasor {acc['dynasor']:.1%}, baseline {acc['baseline']:.1%}", ""]
-    md += lines + ["![SLO sweeps](slo_sweeps.png)", "", "Real points:", "", markdown_table(real["points"], POINT_COLUMNS), ""]
+    ordered = sorted(real["points"], key=lambda p: (p["system"], p["slo_scale"], p["rate"]))
+    md += lines + ["![SLO sweeps](slo_sweeps.png)", "", "Real points:", "", markdown_table(ordered, POINT_COLUMNS), ""]
     print("\n".join(lines), flush=True)
 
     # Figure 10: the ablation
