@@ -242,12 +242,12 @@ def main(argv: list[str] | None = None) -> int:
 
     # GPU scale
     gpu = PRESETS["gpu"]
-    gpu_rates = [2, 4, 6, 8, 12, 16, 24, 32]
+    gpu_rates = [2, 4, 6, 8, 12, 16, 24, 32, 48]
     gpu_rows = []
     for replicas in (1, 4):
         cfg = replace(config, replicas=replicas, base_deadline_s=config.base_deadline_s)
         for name in ("dynasor", "baseline"):
-            for r in tqdm([x * replicas / 2 for x in gpu_rates], desc=f"GPU x{replicas} {name}", unit="pt"):
+            for r in tqdm([x * replicas for x in gpu_rates], desc=f"GPU x{replicas} {name}", unit="pt"):
                 row = simulate(name, traces, rate=r, slo_scale=rate_scale, programs=args.gpu_programs, model=gpu, config=cfg).row()
                 gpu_rows.append({**row, "replicas": replicas})
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
