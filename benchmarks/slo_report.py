@@ -173,7 +173,6 @@ def main(argv: list[str] | None = None) -> int:
     axes[0].set_xlabel(f"programs per second (SLO scale {rate_scale:g})")
     plot_sweep(axes[1], sim_scale, real_scale, "slo_scale", ["dynasor", "baseline"])
     axes[1].set_xlabel(f"SLO scale (x {s['base_deadline_s']:g} s; {scale_rate:g} programs/s)")
-    axes[1].set_xscale("log")
     for sys_name in ("dynasor", "baseline"):
         pts = sorted((r["attainment"], r["accuracy"]) for r in sim_rate + sim_scale if r["system"] == sys_name)
         axes[2].plot(*zip(*pts), ".", color=COLORS[sys_name], label=f"{sys_name} (simulated)")
