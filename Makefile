@@ -51,7 +51,7 @@ bench-scheduling: warm
 # checked against them and run at scale: docs/results/slo_*.png and slo.md.
 bench-slo: warm
 	$(PY) -m benchmarks.bench_slo
-	$(PY) -m benchmarks.slo_report
+	$(PY) -m loadtest.slo_report
 
 bench-scheduler: setup
 	$(PY) -m benchmarks.bench_scheduler

@@ -7,7 +7,7 @@ One server (Qwen, the project's defaults) serves every point in turn:
 2. a rate sweep at one SLO scale and an SLO-scale sweep at one rate, each point a headless Locust
    run (loadtest/locustfile.py, one user class at a time, open-loop Poisson arrivals) on the GSM8K
    questions whose traces are committed, so the simulator can replay the same questions.
-Everything measured goes to one JSON file (`--out`), which `benchmarks.slo_report` turns into the
+Everything measured goes to one JSON file (`--out`), which `loadtest.slo_report` turns into the
 figures, the ratios and the simulator's check.
 """
 from __future__ import annotations
