@@ -47,7 +47,7 @@ bench-scheduling: warm
 	$(PY) -m benchmarks.bench_scheduling
 
 # SLO attainment under load, dynasor against the baseline (fixed-n self-consistency straight to policy):
-# real-server rate and SLO-scale sweeps with Locust (about 45 minutes on 2 cores), then the simulator
+# real-server rate and SLO-scale sweeps with Locust (about 55 minutes on 2 cores), then the simulator
 # checked against them and run at scale: docs/results/slo_*.png and slo.md.
 bench-slo: warm
 	$(PY) -m benchmarks.bench_slo
