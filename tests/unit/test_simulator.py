@@ -12,7 +12,7 @@ import pytest
 from engines.scripted import ScriptedEngine
 from engines.simulated import EngineModel, SimulatedEngine, TraceSamples, prompt_tokens, sample_text
 from loadtest.simulator import SYSTEMS, SimConfig, main, simulate, sustainable_rate, tightest_slo_scale
-from loadtest.slo_report import AGREEMENT_POINTS, engine_model, simulated_point
+from loadtest.slo_report import AGREEMENT_POINTS, engine_model, load_real, simulated_point
 from loadtest.virtual_loop import run_virtual
 from scheduler_backend.allocation import ThresholdPolicy
 from scheduler_backend.engine import GenerateCall, SamplingSpec
@@ -257,7 +257,7 @@ def test_the_simulator_reproduces_the_committed_real_sweep_within_15_points():
     programs on time (>= 95% met their deadline), SLO attainment agrees within 15 points. The
     simulator models the engine, not the server's own CPU: where the 2 cores were so loaded that
     the server itself answered late, it can only be optimistic, and that is checked too."""
-    real = json.loads((Path(__file__).resolve().parents[2] / "docs" / "results" / "slo_real.json").read_text())
+    real = load_real(Path(__file__).resolve().parents[2] / "docs" / "results" / "slo_real.json")
     s = real["settings"]
     config = SimConfig(budget=s["budget"], max_tokens=s["max_tokens"], base_deadline_s=s["base_deadline_s"])
     model = engine_model(real)
