@@ -47,6 +47,7 @@ ProgressCallback = Callable[[ProgramState], "Awaitable[None] | None"]
 ResultCallback = Callable[[StepResult], None]
 
 MAX_STEPS_WITHOUT_PROGRESS = 3
+ABORT_WAIT_S = 0.1  # how long a finished program's answer waits for its cancelled steps' aborts
 ADMISSIONS = ("all", "feasible")
 
 
@@ -166,6 +167,7 @@ class ProgramRunner:
         # Between results a program still reports, this often, the tokens its steps are generating.
         self.progress_interval_s = progress_interval_s
         self._live: dict[str, _Live] = {}
+        self._aborting: set[asyncio.Task[StepResult]] = set()  # cancelled steps still aborting
         self.admission = admission
         # A program with a deadline and no answer this long before it gets its partial samples probed.
         self.probe_s = probe_s
@@ -307,10 +309,7 @@ class ProgramRunner:
                 queued_s = self.clock() - start
                 error = await self._drive(pid, live, deadline, tasks, on_progress, on_result)
         finally:
-            for task in tasks:
-                task.cancel()
-            if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
+            await self._cancel_steps(tasks)
             del self._live[pid]
             self.scheduler.remove(pid)
             self._reschedule()
@@ -414,9 +413,7 @@ class ProgramRunner:
         steps = program.probe_steps(partials)
         if not steps:
             return
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._cancel_steps(tasks)
         tasks.clear()
         probes = {asyncio.ensure_future(self._run_step(pid, live, step, MOST_URGENT)): step for step in steps}
         tasks.update(probes)  # cancelled by run() if still out at the deadline
@@ -428,6 +425,21 @@ class ProgramRunner:
                 if on_result is not None:
                     on_result(task.result())
         program.stop(StopReason.DEADLINE)
+
+    async def _cancel_steps(self, tasks: dict[asyncio.Task[StepResult], Step]) -> None:
+        """Cancel the program's steps (each aborts its engine request) and give the aborts a
+        moment, no more: the answer does not wait on the engine. On a loaded 2-core host, aborts
+        queued behind the gRPC streams made final answers seconds late (docs/PLATFORM.md pitfall
+        26); the slow ones finish in the background and are kept here until then."""
+        for task in tasks:
+            task.cancel()
+            task.add_done_callback(_retrieve)
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=ABORT_WAIT_S)
+        for task in pending:
+            self._aborting.add(task)
+            task.add_done_callback(self._aborting.discard)
 
     async def _digest(self, program: ReasoningProgram, result: StepResult) -> None:
         """The program takes a result back: in the results thread, or inline on virtual time."""
@@ -483,3 +495,10 @@ class ProgramRunner:
             self.throughput.sequences_changed(-in_flight, self.clock())
             live.partials.pop(step.key, None)
         return StepResult(step.key, samples=[samples[i] for i in sorted(samples)])
+
+
+def _retrieve(task: asyncio.Task[StepResult]) -> None:
+    """A cancelled step's outcome is of no use; reading it keeps asyncio from logging it."""
+    if not task.cancelled():
+        task.exception()
+

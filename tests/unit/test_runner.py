@@ -295,3 +295,43 @@ def test_the_runner_sets_max_running_from_the_measured_capacity():
     settled = limits[len(limits) // 3:]
     assert all(5 <= n <= 12 for n in settled), limits
     assert engine.peak_in_flight <= 2 * max(limits)
+
+
+class SlowAbortEngine:
+    """Samples that never finish, and an abort that takes `abort_s` (a loaded host's gRPC close)."""
+
+    def __init__(self, abort_s: float) -> None:
+        self.abort_s = abort_s
+        self.aborted: list[str] = []
+
+    async def generate(self, call):
+        await asyncio.sleep(3600)
+        yield []
+
+    async def abort(self, request_id: str) -> None:
+        await asyncio.sleep(self.abort_s)
+        self.aborted.append(request_id)
+
+    async def score(self, question, candidates):
+        return []
+
+    def shutdown(self) -> None:
+        pass
+
+
+def test_the_answer_at_a_deadline_does_not_wait_for_slow_engine_aborts():
+    engine = SlowAbortEngine(abort_s=1.0)
+    runner = ProgramRunner(engine, Scheduler())
+
+    async def go():
+        t0 = time.monotonic()
+        state = await runner.run("p", create("self-consistency", "What is 2 + 3?", {"budget": 4}), deadline_s=0.2)
+        returned_s = time.monotonic() - t0
+        aborted_then = list(engine.aborted)
+        await asyncio.sleep(1.2)
+        return state, returned_s, aborted_then
+
+    state, returned_s, aborted_then = asyncio.run(go())
+    assert state.stop_reason is StopReason.DEADLINE
+    assert returned_s < 0.6, f"the answer waited {returned_s:.2f} s for the aborts"
+    assert aborted_then == [] and engine.aborted == ["p:round1"], "the abort still happens, after the answer"
