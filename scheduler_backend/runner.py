@@ -428,9 +428,8 @@ class ProgramRunner:
 
     async def _cancel_steps(self, tasks: dict[asyncio.Task[StepResult], Step]) -> None:
         """Cancel the program's steps (each aborts its engine request) and give the aborts a
-        moment, no more: the answer does not wait on the engine. On a loaded 2-core host, aborts
-        queued behind the gRPC streams made final answers seconds late (docs/PLATFORM.md pitfall
-        26); the slow ones finish in the background and are kept here until then."""
+        moment, no more: the answer does not wait on the engine (an abort is a gRPC stream close,
+        which a loaded host can hold up); the slow ones finish in the background, kept here."""
         for task in tasks:
             task.cancel()
             task.add_done_callback(_retrieve)
