@@ -152,7 +152,7 @@ def prompt_tokens(call: GenerateCall) -> int:
 # texts. A running sequence shows a marker as its first text; a probe continuing that marker
 # answers with the sample's recorded answer when the sequence had done at least PROBE_READY of its
 # tokens when it was cut, and with a wrong answer of its own otherwise: the real probe always
-# fills its \boxed{} (15 of 15 probed at a 5 s deadline answered, none right; docs/results/slo.md).
+# fills its \boxed{} (15 of 15 probed at a 5 s deadline answered, 1 right; docs/results/slo.md).
 PROBE_READY = 0.5
 _MARKER = re.compile(r"<sim-sample (\S+) (\d+)>")
 
