@@ -31,10 +31,11 @@ import asyncio
 import json
 import math
 import random
+import statistics
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -268,16 +269,30 @@ def simulate(system: System | str, traces: Sequence[Mapping[str, Any]], *, rate:
 
 def sweep(systems: Sequence[System | str], traces: Sequence[Mapping[str, Any]], *, rates: Sequence[float],
           slo_scales: Sequence[float], programs: int, model: EngineModel, config: SimConfig = SimConfig(),
-          policy: AllocationPolicy | None = None, progress: bool = False) -> list[dict[str, Any]]:
-    """One `SimResult.row()` per system x rate x SLO scale (the same arrivals for every system)."""
+          policy: AllocationPolicy | None = None, progress: bool = False, seeds: int = 1) -> list[dict[str, Any]]:
+    """One row per system x rate x SLO scale (the same arrivals for every system): with several
+    `seeds` (arrivals and sample orders from config.seed on), the mean of their `SimResult.row()`s,
+    the programs summed and the spread of attainment as `attainment_sd`."""
+    points = [(system, rate, scale) for system in systems for rate in rates for scale in slo_scales]
     rows = []
-    for system in systems:
-        for rate in rates:
-            for scale in slo_scales:
-                result = simulate(system, traces, rate=rate, slo_scale=scale, programs=programs, model=model,
-                                  config=config, policy=policy, progress=progress)
-                rows.append(result.row())
+    for system, rate, scale in tqdm(points, desc="simulated points", unit="pt", disable=not progress or len(points) < 2):
+        runs = [simulate(system, traces, rate=rate, slo_scale=scale, programs=programs, model=model,
+                         config=replace(config, seed=config.seed + k), policy=policy, progress=progress).row()
+                for k in range(seeds)]
+        rows.append(_mean_row(runs))
     return rows
+
+
+def _mean_row(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Numbers averaged over the runs of one point (NaN, an empty percentile, left out), programs summed."""
+    out = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("rate", "slo_scale"):
+            values = [r[key] for r in runs if r[key] == r[key]]
+            out[key] = statistics.fmean(values) if values else math.nan
+    out["programs"] = sum(r["programs"] for r in runs)
+    out["attainment_sd"] = statistics.pstdev([r["attainment"] for r in runs])
+    return out
 
 
 def _crossing(points: list[tuple[float, float]], target: float) -> float | None:

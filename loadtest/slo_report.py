@@ -33,7 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from engines.simulated import PRESETS, EngineModel  # noqa: E402
-from loadtest.simulator import SimConfig, simulate, sustainable_rate, tightest_slo_scale  # noqa: E402
+from loadtest.simulator import SimConfig, simulate, sustainable_rate, sweep, tightest_slo_scale  # noqa: E402
 from scheduler_backend.traces import load_traces  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,26 +66,6 @@ def engine_model(real: Mapping[str, Any]) -> EngineModel:
     prompt_tokens = max(e["prompt_chars"] // 4, 1)
     return EngineModel.fit([(p["sequences"], p["tokens_per_s"]) for p in e["points"]],
                            max_num_seqs=PRESETS["cpu"].max_num_seqs, prefill_s_per_token=e["ttft_s"] / prompt_tokens)
-
-
-def simulated_point(system: str, traces: Sequence[Mapping[str, Any]], rate: float, scale: float, programs: int,
-                    model: EngineModel, config: SimConfig, seeds: int) -> dict[str, Any]:
-    """Mean over `seeds` seeded simulations (arrivals and sample orders) of one point."""
-    rows = [simulate(system, traces, rate=rate, slo_scale=scale, programs=programs, model=model,
-                     config=replace(config, seed=seed)).row() for seed in range(seeds)]
-    out: dict[str, Any] = {"system": system, "rate": rate, "slo_scale": scale, "programs": programs * seeds}
-    for key in ("attainment", "accuracy", "mean_tokens", "p50_latency_s", "p90_latency_s", "ftf_p50", "ftf_p90", "ftf_p99",
-                "deadline_met", "goodput_per_s"):
-        values = [r[key] for r in rows if r[key] == r[key]]
-        out[key] = statistics.fmean(values) if values else float("nan")
-    out["attainment_sd"] = statistics.pstdev([r["attainment"] for r in rows])
-    return out
-
-
-def curves(systems: Sequence[str], traces: Sequence[Mapping[str, Any]], points: Sequence[tuple[float, float]], programs: int,
-           model: EngineModel, config: SimConfig, seeds: int, desc: str) -> list[dict[str, Any]]:
-    work = [(s, r, c) for s in systems for r, c in points]
-    return [simulated_point(s, traces, r, c, programs, model, config, seeds) for s, r, c in tqdm(work, desc=desc, unit="pt")]
 
 
 def ratio_line(name: str, rows: Sequence[Mapping[str, Any]], fixed: float, measure: Callable[..., float | None],
@@ -193,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     agreement = []
     for p in tqdm(real["points"], desc="simulating the real points", unit="pt"):
         programs = max(round(p["rate"] * s["duration_s"]), 3)
-        sim = simulated_point(p["system"], traces, p["rate"], p["slo_scale"], programs, model, config, args.seeds)
+        sim = sweep([p["system"]], traces, rates=[p["rate"]], slo_scales=[p["slo_scale"]], programs=programs, model=model,
+                    config=config, seeds=args.seeds)[0]
         agreement.append({"system": p["system"], "rate": p["rate"], "slo_scale": p["slo_scale"], "programs": p["programs"],
                           "real": p["attainment"], "simulated": sim["attainment"], "sim_sd": sim["attainment_sd"],
                           "diff": sim["attainment"] - p["attainment"], "real_accuracy": p["accuracy"], "sim_accuracy": sim["accuracy"]})
@@ -214,8 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     top = max(p["rate"] for p in real_rate) * 1.2
     rates = sorted({round(top * k / 12, 4) for k in range(1, 13)} | {p["rate"] for p in real_rate})
     scales = sorted({0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 6} | {p["slo_scale"] for p in real_scale})
-    sim_rate = curves(["dynasor", "baseline"], traces, [(r, rate_scale) for r in rates], args.programs, model, config, 1, "rate curve")
-    sim_scale = curves(["dynasor", "baseline"], traces, [(scale_rate, c) for c in scales], args.programs, model, config, 1, "SLO curve")
+    both = ["dynasor", "baseline"]
+    sim_rate = sweep(both, traces, rates=rates, slo_scales=[rate_scale], programs=args.programs, model=model, config=config, progress=True)
+    sim_scale = sweep(both, traces, rates=[scale_rate], slo_scales=scales, programs=args.programs, model=model, config=config, progress=True)
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     plot_sweep(axes[0], sim_rate, real_rate, "rate", ["dynasor", "baseline"])
@@ -254,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines), flush=True)
 
     # Figure 10: the ablation
-    ablation = curves(list(ABLATION), traces, [(r, rate_scale) for r in rates], args.programs, model, config, 1, "ablation")
+    ablation = sweep(ABLATION, traces, rates=rates, slo_scales=[rate_scale], programs=args.programs, model=model, config=config,
+                     progress=True)
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     plot_sweep(ax, ablation, [], "rate", list(ABLATION))
     ax.set_xlabel(f"programs per second (SLO scale {rate_scale:g}, simulated CPU engine)")

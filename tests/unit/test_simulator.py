@@ -11,8 +11,8 @@ import pytest
 
 from engines.scripted import ScriptedEngine
 from engines.simulated import EngineModel, SimulatedEngine, TraceSamples, prompt_tokens, sample_text
-from loadtest.simulator import SYSTEMS, SimConfig, main, simulate, sustainable_rate, tightest_slo_scale
-from loadtest.slo_report import AGREEMENT_POINTS, engine_model, load_real, simulated_point
+from loadtest.simulator import SYSTEMS, SimConfig, main, simulate, sustainable_rate, sweep, tightest_slo_scale
+from loadtest.slo_report import AGREEMENT_POINTS, engine_model, load_real
 from loadtest.virtual_loop import run_virtual
 from scheduler_backend.allocation import ThresholdPolicy
 from scheduler_backend.engine import GenerateCall, SamplingSpec
@@ -265,7 +265,8 @@ def test_the_simulator_reproduces_the_committed_real_sweep_within_15_points():
     on_time, misses, late_server = 0, [], []
     for p in real["points"]:
         programs = max(round(p["rate"] * s["duration_s"]), 3)
-        sim = simulated_point(p["system"], traces, p["rate"], p["slo_scale"], programs, model, config, seeds=3)
+        sim = sweep([p["system"]], traces, rates=[p["rate"]], slo_scales=[p["slo_scale"]], programs=programs, model=model,
+                    config=config, seeds=3)[0]
         where = (p["system"], p["rate"], p["slo_scale"], p["attainment"], round(sim["attainment"], 3))
         if p["deadline_met"] >= 0.95:
             on_time += 1
