@@ -241,9 +241,10 @@ class SimulatedEngine:
         self.tokens_generated = 0
         self._requests: dict[str, _Request] = {}
         self._waiting: list[tuple[int, int, int, _Seq]] = []  # (priority, arrival, index, seq)
-        self._running: set[_Seq] = set()
+        self._running: dict[_Seq, None] = {}  # ordered, so a run replays the same way every time
         self._finishing: list[tuple[float, int, _Seq]] = []  # (finish_at, tiebreak, seq), lazily pruned
         self._arrivals = itertools.count()
+        self._admitted = itertools.count()  # ties in finish time break by admission, not by memory address
         self._progress = 0.0
         self._t = 0.0
         self._stall_until = 0.0
@@ -331,8 +332,8 @@ class SimulatedEngine:
                 self._stall_until = max(self._stall_until, now) + self.model.prefill_s(req.prompt_tokens, 1)
                 req.prefilled = True
             seq.finish_at = self._progress + seq.sample.tokens
-            self._running.add(seq)
-            heapq.heappush(self._finishing, (seq.finish_at, id(seq), seq))
+            self._running[seq] = None
+            heapq.heappush(self._finishing, (seq.finish_at, next(self._admitted), seq))
             if not req.probe:
                 req.queue.put_nowait([SampleDelta(index=seq.index, text=f"<sim-sample {req.id} {seq.index}>", num_tokens=0)])
         while self._finishing and self._finishing[0][2].dead:
@@ -357,7 +358,7 @@ class SimulatedEngine:
             if seq.dead:
                 continue
             seq.dead = True
-            self._running.discard(seq)
+            self._running.pop(seq, None)
             req = seq.request
             req.left -= 1
             self.tokens_generated += seq.sample.tokens
@@ -403,6 +404,6 @@ class SimulatedEngine:
                 done = 1 - (seq.finish_at - self._progress) / seq.sample.tokens
                 self._cut[f"{req.id} {seq.index}"] = seq.sample.answer if done >= PROBE_READY else None
             seq.dead = True
-            self._running.discard(seq)
+            self._running.pop(seq, None)
         req.queue.put_nowait(None)
         self._update(now)

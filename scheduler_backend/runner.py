@@ -418,7 +418,7 @@ class ProgramRunner:
         probes = {asyncio.ensure_future(self._run_step(pid, live, step, MOST_URGENT)): step for step in steps}
         tasks.update(probes)  # cancelled by run() if still out at the deadline
         done, _ = await asyncio.wait(probes, timeout=self._time_left(deadline))
-        for task in done:
+        for task in [t for t in probes if t in done]:  # in the steps' order: the vote does not depend on set order
             tasks.pop(task)
             if task.exception() is None:  # a failed probe only means one answer fewer
                 await self._digest(program, task.result())

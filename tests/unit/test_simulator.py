@@ -276,3 +276,15 @@ def test_the_simulator_reproduces_the_committed_real_sweep_within_15_points():
             late_server.append(where)
     assert on_time >= 12 and not misses, (on_time, misses)
     assert not late_server, late_server
+
+
+def test_a_simulation_replays_exactly():
+    """Same inputs, same records: ties in the engine break by admission order and probe results
+    are taken in step order, never by memory address or set order."""
+    config = SimConfig(budget=8, base_deadline_s=20)
+
+    def once() -> list[tuple]:
+        records = simulate("dynasor", GSM8K, rate=0.9, slo_scale=2, programs=80, model=EngineModel.load("cpu"), config=config).records
+        return [(r.answer, r.latency_s, r.tokens, r.stop_reason, r.probed) for r in records]
+
+    assert once() == once() == once()
