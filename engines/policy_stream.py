@@ -1,18 +1,23 @@
 """How the Triton engines (gRPC and BLS) talk to `policy`: one builder of its inputs, one decoder
 of its response tensors into SampleDeltas, and one drain that reads a blocking response stream on
 a pool thread and hands plain items to the event loop. Written once so the two transports cannot
-drift apart (the gRPC engine once dropped logprobs that the BLS engine read)."""
+drift apart (the gRPC engine once dropped logprobs that the BLS engine read). Clients that call
+`policy` for n samples themselves (the load test's baseline, the simulator, bench-live) collect
+them with one accumulator and vote as the programs do."""
 from __future__ import annotations
 
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from concurrent.futures import Executor
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
 
+from scheduler_backend.answers import majority_answer
 from scheduler_backend.engine import GenerateCall, SampleDelta
+from scheduler_backend.programs.base import sample_answer
 
 T = TypeVar("T")
 
@@ -105,3 +110,29 @@ async def drain(pool: Executor, produce: Callable[[], Iterable[T]]) -> AsyncIter
         if error is not None:
             raise error
         yield item
+
+
+@dataclass
+class SampleAccumulator:
+    """The baseline's n samples as they stream in: text, tokens and finish reason per sample, so
+    the vote at the deadline counts only samples that finished."""
+
+    texts: dict[int, str] = field(default_factory=dict)
+    finish_reasons: dict[int, str | None] = field(default_factory=dict)
+    tokens: int = 0
+
+    def add(self, deltas: Iterable[SampleDelta]) -> None:
+        for d in deltas:
+            self.texts[d.index] = self.texts.get(d.index, "") + d.text
+            self.tokens += d.num_tokens
+            if d.finished:
+                self.finish_reasons[d.index] = d.finish_reason
+
+    @property
+    def finished(self) -> int:
+        return len(self.finish_reasons)
+
+    def answer(self, answer_format: str = "auto") -> str | None:
+        """Majority answer of the finished samples, extracted as the programs extract theirs."""
+        answers = [sample_answer(self.texts[i], self.finish_reasons[i], answer_format) for i in sorted(self.finish_reasons)]
+        return majority_answer(answers)[0]

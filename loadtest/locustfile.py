@@ -42,11 +42,10 @@ from locust.env import Environment
 
 from client.dynasor_client import DynasorClient
 from engines.grpc_stream import StreamCall
-from engines.policy_stream import decode_deltas, policy_inputs
+from engines.policy_stream import SampleAccumulator, decode_deltas, policy_inputs
 from loadtest.slo import (
     Outcome,
     ProgramRecord,
-    SampleAccumulator,
     format_summary,
     poisson_gap,
     program_deadline,
@@ -187,7 +186,7 @@ class _ProgramUser(User):
         record = ProgramRecord(user_class=type(self).__name__, latency_s=latency, deadline_s=self.deadline_s, answer=outcome.answer,
                                correct=is_correct(problem, outcome.answer), tokens=outcome.tokens, error=error, ended=outcome.ended,
                                grace_s=self.o.deadline_grace_s, question_id=problem.id, stop_reason=outcome.stop_reason,
-                               steps=outcome.steps, probed=outcome.probed)
+                               steps=outcome.steps, probed=outcome.probed, server_latency_s=outcome.server_latency_s)
         _Run.records.append(record)
         failure = record.failure()
         self.environment.events.request.fire(
@@ -213,7 +212,8 @@ class _DynasorUser(_ProgramUser):
         options = {"budget": self.o.budget, "max_tokens": self.o.max_tokens, **json.loads(self.o.dynasor_options),
                    "deadline_s": self.deadline_s}
         return _until(self._limit_s(), lambda: client.stream(problem.question, self.o.program, options),
-                      lambda p: Outcome(p.answer, p.tokens_used, p.final, p.stop_reason, p.steps, int(p.details.get("probed", 0))))
+                      lambda p: Outcome(p.answer, p.tokens_used, p.final, p.stop_reason, p.steps, int(p.details.get("probed", 0)),
+                                        p.latency_s))
 
 
 class DynasorGrpcUser(_DynasorUser):

@@ -41,8 +41,9 @@ from typing import Any
 
 from tqdm import tqdm
 
+from engines.policy_stream import SampleAccumulator
 from engines.simulated import EngineModel, SimulatedEngine, TraceSamples
-from loadtest.slo import ClassSummary, Outcome, ProgramRecord, SampleAccumulator, percentile, program_deadline, summarize
+from loadtest.slo import ClassSummary, Outcome, ProgramRecord, percentile, program_deadline, summarize
 from loadtest.virtual_loop import run_virtual
 from scheduler_backend.allocation import AllocationPolicy, UniformPolicy, load_policy
 from scheduler_backend.capacity import ConcurrencyController
@@ -52,8 +53,7 @@ from scheduler_backend.prompts import solve_messages
 from scheduler_backend.runner import ProgramRunner
 from scheduler_backend.scheduler import Scheduler
 from scheduler_backend.traces import is_right, load_traces
-
-CALIBRATION = Path(__file__).resolve().parent.parent / "model_repository/dynasor/1/calibrations/gsm8k-qwen0.5b.json"
+from serving.model_config import default_allocation
 
 
 @dataclass(frozen=True)
@@ -241,11 +241,6 @@ async def _simulate(system: System, arrival_list: list[tuple[float, Mapping[str,
     return records, outcomes, last[0] - first
 
 
-def default_policy() -> AllocationPolicy:
-    """The dynasor server's default allocation: the shipped GSM8K calibration curve."""
-    return load_policy(CALIBRATION, "curve")
-
-
 def simulate(system: System | str, traces: Sequence[Mapping[str, Any]], *, rate: float, slo_scale: float, programs: int,
              model: EngineModel, config: SimConfig = SimConfig(), policy: AllocationPolicy | None = None,
              progress: bool = False) -> SimResult:
@@ -254,7 +249,7 @@ def simulate(system: System | str, traces: Sequence[Mapping[str, Any]], *, rate:
     if config.balancer not in ("least-loaded", "round-robin") or config.replicas < 1:
         raise ValueError(f"config: balancer must be least-loaded or round-robin and replicas >= 1, got {config}")
     deadline_s = program_deadline(slo_scale, config.base_deadline_s)
-    chosen = (policy or default_policy()) if system.certaindex else UniformPolicy()
+    chosen = (policy or default_allocation()[1]) if system.certaindex else UniformPolicy()
     arrival_list = arrivals(traces, rate, programs, config.seed)
     samples = TraceSamples(traces, config.seed)
     bar = tqdm(total=programs, desc=f"{system.name} rate={rate:g} slo={slo_scale:g}", unit="prog", leave=False) if progress else None

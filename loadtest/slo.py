@@ -1,5 +1,4 @@
-"""What a load test measures, apart from Locust: open-loop Poisson arrivals, the client-side
-majority vote of the baseline (fixed-n self-consistency straight to `policy`), and the per-class
+"""What a load test measures, apart from Locust: open-loop Poisson arrivals and the per-class
 summary under a deadline SLO (attainment, goodput, latency percentiles, accuracy, tokens).
 
 Pure logic, no Locust or network import, so it is unit-tested on its own.
@@ -16,12 +15,8 @@ import json
 import math
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
-
-from scheduler_backend.answers import majority_answer
-from scheduler_backend.engine import SampleDelta
-from scheduler_backend.programs.base import sample_answer
 
 
 def poisson_gap(rate_per_s: float, users: int, rng: random.Random) -> float:
@@ -41,32 +36,6 @@ def program_deadline(slo_scale: float, base_deadline_s: float) -> float:
     return slo_scale * base_deadline_s
 
 
-@dataclass
-class SampleAccumulator:
-    """The baseline's n samples as they stream in: text, tokens and finish reason per sample, so
-    the vote at the deadline counts only samples that finished."""
-
-    texts: dict[int, str] = field(default_factory=dict)
-    finish_reasons: dict[int, str | None] = field(default_factory=dict)
-    tokens: int = 0
-
-    def add(self, deltas: Iterable[SampleDelta]) -> None:
-        for d in deltas:
-            self.texts[d.index] = self.texts.get(d.index, "") + d.text
-            self.tokens += d.num_tokens
-            if d.finished:
-                self.finish_reasons[d.index] = d.finish_reason
-
-    @property
-    def finished(self) -> int:
-        return len(self.finish_reasons)
-
-    def answer(self, answer_format: str = "auto") -> str | None:
-        """Majority answer of the finished samples, extracted as the programs extract theirs."""
-        answers = [sample_answer(self.texts[i], self.finish_reasons[i], answer_format) for i in sorted(self.finish_reasons)]
-        return majority_answer(answers)[0]
-
-
 @dataclass(frozen=True)
 class Outcome:
     """What one program returned to its client: answer, tokens, whether its stream ended, and the
@@ -78,6 +47,7 @@ class Outcome:
     stop_reason: str = ""
     steps: int = 0
     probed: int = 0
+    server_latency_s: float | None = None  # the program's time in the server, as it reports it
 
 
 @dataclass(frozen=True)
@@ -97,6 +67,7 @@ class ProgramRecord:
     stop_reason: str = ""  # as the server (or the baseline client) reports it
     steps: int = 0  # samples the answer was voted from
     probed: int = 0  # of them, answers probed out of unfinished samples at the deadline
+    server_latency_s: float | None = None  # the server's own account: latency_s - this is the trip there and back
 
     @property
     def deadline_met(self) -> bool:

@@ -35,11 +35,13 @@ from tqdm import tqdm  # noqa: E402
 from engines.simulated import PRESETS, EngineModel  # noqa: E402
 from loadtest.simulator import SimConfig, simulate, sustainable_rate, sweep, tightest_slo_scale  # noqa: E402
 from scheduler_backend.traces import load_traces  # noqa: E402
+from scheduler_backend.tradeoffs import analyse, tokens_at  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 AGREEMENT_POINTS = 0.15  # the issue's tolerance on SLO attainment, real against simulated
 TARGET = 0.9
 ABLATION = ("baseline", "gang", "gang+certaindex", "dynasor")
+REFERENCES = ("output length", "oracle")  # not certaindex policies: the oracle knows the gold answer
 COLORS = {"baseline": "tab:red", "gang": "tab:orange", "gang+certaindex": "tab:olive", "dynasor": "tab:blue"}
 
 
@@ -138,6 +140,34 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[st
     return "\n".join([head, rule, *body])
 
 
+def equal_accuracy_bound(traces: Sequence[dict[str, Any]], budget: int) -> tuple[list[str], float | None]:
+    """What any allocation could give at the baseline's accuracy, from replay: the tokens per
+    program each policy needs to reach the accuracy of `budget` samples (the baseline's fixed n),
+    and how many times fewer that is than what those samples cost. The engine's tokens per second
+    are the same under both systems, so at equal accuracy that factor is about the most the
+    sustainable rate can gain from allocation; scheduling only decides whose tokens run first.
+    Every sample is a consult (the most generous schedule: a policy may stop after any sample).
+    Returns the lines and the best factor a certaindex policy reaches (None: none reaches the
+    accuracy)."""
+    analysis = analyse(traces, on="all", round_size=1, budget=budget)
+    fixed = next(p for p in next(s for s in analysis.sweeps if s.name == "uniform").points if p.knob == budget)
+    lines = [f"Replayed on the {analysis.questions} traced questions ({analysis.orderings} sample orderings, a policy "
+             f"consulted after every sample from the {analysis.detect_step}th): tokens per program each policy needs to reach "
+             f"the accuracy of {budget} samples ({fixed.accuracy:.1%}, {fixed.tokens:,.0f} tokens).", "",
+             "| policy | tokens per program | fewer than the baseline's (x) |", "|---|---:|---:|"]
+    best = None
+    for curve in analysis.sweeps:
+        if curve.name == "uniform":
+            continue
+        tokens = tokens_at(curve.points, fixed.accuracy)
+        factor = fixed.tokens / tokens if tokens else None
+        if factor is not None and curve.name not in REFERENCES:
+            best = max(best or 0.0, factor)
+        lines.append(f"| {curve.name} | {'never' if tokens is None else f'{tokens:,.0f}'} | "
+                     f"{'-' if factor is None else f'{factor:.2f}'} |")
+    return lines, best
+
+
 POINT_COLUMNS = [("system", "system", ""), ("rate/s", "rate", "g"), ("SLO scale", "slo_scale", "g"), ("programs", "programs", "d"),
                  ("SLO attainment", "attainment", ".1%"), ("accuracy", "accuracy", ".1%"), ("tokens", "mean_tokens", ",.0f"),
                  ("p50 s", "p50_latency_s", ".1f"), ("p90 s", "p90_latency_s", ".1f")]
@@ -231,6 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     acc = {name: statistics.fmean([r["accuracy"] for r in real["points"] if r["system"] == name] or [float("nan")])
            for name in ("dynasor", "baseline")}
     lines += [f"- accuracy over every real point: dynasor {acc['dynasor']:.1%}, baseline {acc['baseline']:.1%}", ""]
+    bound, best = equal_accuracy_bound(traces, s["budget"])
+    lines += ["### How much rate allocation can buy at equal accuracy", "", *bound, "",
+              f"The best certaindex policy needs {'no fewer' if best is None else f'{best:.2f}x fewer'} tokens per program "
+              "at the baseline's accuracy, so at equal accuracy its sustainable rate can be about that much higher and no "
+              "more; the oracle's row is the limit no policy that does not know the answer reaches.", ""]
     ordered = sorted(real["points"], key=lambda p: (p["system"], p["slo_scale"], p["rate"]))
     md += lines + ["![SLO sweeps](slo_sweeps.png)", "", "Real points:", "", markdown_table(ordered, POINT_COLUMNS), ""]
     print("\n".join(lines), flush=True)

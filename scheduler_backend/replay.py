@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -170,16 +170,23 @@ def _pad(values: NDArray[Any], width: int) -> NDArray[Any]:
     return np.concatenate([values, np.repeat(values[..., -1:], width - values.shape[-1], axis=-1)], axis=-1)
 
 
-def orderings_of(trace: dict[str, Any], orderings: int, seed: int = SEED) -> Ints:
+def orderings_of(trace: dict[str, Any], orderings: int, seed: int = SEED, draws: bool = False) -> Ints:
     """(orderings, samples) permutations of a trace's samples: the recorded order, then seeded
-    shuffles keyed by the trace's id (the same for a question wherever it sits in a file)."""
+    shuffles keyed by the trace's id (the same for a question wherever it sits in a file).
+
+    `draws`: seeded draws with replacement instead, every row one. Reorderings all share the recorded
+    samples, so their spread is narrower than a live run's, which draws new ones; the spread of
+    draws from the recorded answers stands in for that."""
     n = len(trace["samples"])
     key = zlib.crc32(str(trace["id"]).encode())
-    perms = [np.arange(n)] + [np.random.default_rng((seed, key, k)).permutation(n) for k in range(1, orderings)]
-    return np.array(perms, dtype=np.int64).reshape(orderings, n)
+    if draws:
+        rows = [np.random.default_rng((seed, key, k, n)).integers(0, n, n) for k in range(orderings)]
+    else:
+        rows = [np.arange(n)] + [np.random.default_rng((seed, key, k)).permutation(n) for k in range(1, orderings)]
+    return np.array(rows, dtype=np.int64).reshape(orderings, n)
 
 
-def _sample_rows(trace: dict[str, Any], orderings: int, seed: int) -> dict[str, NDArray[Any]]:
+def _sample_rows(trace: dict[str, Any], orderings: int, seed: int, draws: bool = False) -> dict[str, NDArray[Any]]:
     """A self-consistency trace's rows, one per ordering: after each sample, the entropy
     certaindex and majority answer (scheduler_backend.certaindex.entropy_certaindex and
     answers.majority_answer, computed from counts: ties go to the answer that came first)."""
@@ -188,7 +195,7 @@ def _sample_rows(trace: dict[str, Any], orderings: int, seed: int) -> dict[str, 
     labels = _labels([s["answer"] for s in samples])
     kinds = max(int(labels.max()) + 1, 1)
     heads = [int(np.flatnonzero(labels == k)[0]) for k in range(int(labels.max()) + 1)]
-    perms = orderings_of(trace, orderings, seed)
+    perms = orderings_of(trace, orderings, seed, draws)
     lab = labels[perms]
     seen = lab[..., None] == np.arange(kinds)
     counts = np.cumsum(seen, axis=1)
@@ -239,10 +246,10 @@ def _option(traces: Sequence[dict[str, Any]], name: str, default: int) -> int:
 
 
 def build_table(traces: Sequence[dict[str, Any]], orderings: int = ORDERINGS, seed: int = SEED,
-                round_size: int | None = None) -> Table:
+                round_size: int | None = None, draws: bool = False) -> Table:
     """The table of traces of one program (checked by traces.check_trace); self-consistency traces
-    with samples are replayed per sample under `orderings` orderings, in rounds of `round_size`
-    after the first (None: as recorded)."""
+    with samples are replayed per sample under `orderings` orderings (`draws`: draws with
+    replacement, see orderings_of), in rounds of `round_size` after the first (None: as recorded)."""
     if not traces:
         raise RequestError("no traces to replay")
     programs = sorted({t["program"] for t in traces})
@@ -252,7 +259,7 @@ def build_table(traces: Sequence[dict[str, Any]], orderings: int = ORDERINGS, se
     per_sample = programs[0] == SELF_CONSISTENCY and all(t.get("samples") for t in traces)
     detect = _option(traces, "detect_step", 4)
     if per_sample:
-        parts = [_sample_rows(t, orderings, seed) for t in traces]
+        parts = [_sample_rows(t, orderings, seed, draws) for t in traces]
         round_size = round_size or _option(traces, "round_size", 4)
     else:
         parts = [_history_rows(t) for t in traces]
@@ -267,6 +274,19 @@ def build_table(traces: Sequence[dict[str, Any]], orderings: int = ORDERINGS, se
                  ordering=np.concatenate([np.arange(c) for c in counts]).astype(np.int64),
                  per_sample=per_sample, detect_step=detect, round_size=round_size)
 
+
+def capped(table: Table, budget: int) -> Table:
+    """The table of programs recorded with a larger budget, as if their cap had been `budget` knob
+    units (self-consistency only: its samples are independent, so the first `budget` of an ordering
+    are what a program of that budget would have drawn)."""
+    if not table.per_sample:
+        raise RequestError("a smaller budget replays only for self-consistency traces with samples")
+    if not 1 <= budget <= int(table.budget.min()):
+        raise RequestError(f"budget: must be in [1, {int(table.budget.min())}] (the recorded cap), got {budget}")
+    width = budget
+    return replace(table, certaindex=table.certaindex[:, :width], steps=table.steps[:, :width],
+                   tokens=table.tokens[:, :width], correct=table.correct[:, :width], answer=table.answer[:, :width],
+                   budget=np.full(table.rows, budget, dtype=np.int64))
 
 
 def add_replay_arguments(parser: argparse.ArgumentParser) -> None:

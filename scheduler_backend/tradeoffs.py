@@ -3,7 +3,8 @@ Figure 8), and the tokens each needs to match the best accuracy of a uniform bud
 
 Each policy's knob is swept: uniform its budget, thresholds their settle value, curves a scale on
 the curve fitted on the fit split, output-length allocation its tokens-per-sample bound, the oracle
-its budget. Every point is a mean over the sample orderings, with their standard deviation.
+its budget. Every point is a mean over the sample orderings, with their standard deviation. And a
+shipped policy on data sets it was not fitted on, paired with the uniform budget sample by sample.
 """
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from scheduler_backend.allocation import CurvePolicy, ThresholdPolicy
+from scheduler_backend.allocation import AllocationPolicy, CurvePolicy, ThresholdPolicy
 from scheduler_backend.calibrate import SPLIT_RULE, Calibration, calibrate_table, describe, split
 from scheduler_backend.errors import RequestError
-from scheduler_backend.replay import ORDERINGS, Outcome, Table, build_table, by_length, oracle, per_ordering, replay, uniform
+from scheduler_backend.replay import ORDERINGS, Outcome, Table, build_table, by_length, capped, oracle, per_ordering, replay, uniform
 
 SETTLE_SWEEP = tuple(round(0.05 * i, 2) for i in range(21))  # 0.00 .. 1.00
 CURVE_SCALES = tuple(round(float(2.0 ** e), 4) for e in np.arange(-3.0, 3.01, 0.5))  # 1/8 .. 8
@@ -180,10 +181,11 @@ class Analysis:
 
 
 def analyse(traces: Sequence[dict[str, Any]], on: str = "eval", orderings: int = ORDERINGS,
-            round_size: int | None = None) -> Analysis:
+            round_size: int | None = None, budget: int | None = None) -> Analysis:
     """Calibrate on the fit split and sweep every policy on split `on` ("eval", "fit" or "all";
     "eval" is the honest one: the fitted policies never saw those questions). Self-consistency
-    replays in rounds of `round_size` after the first (None: as recorded)."""
+    replays in rounds of `round_size` after the first (None: as recorded), and with a cap of
+    `budget` samples where given (None: the recorded one)."""
     halves = split(traces)
     if not halves["fit"]:
         raise RequestError(f"no traces in the fit split ({SPLIT_RULE}): nothing to fit the curves on")
@@ -191,11 +193,41 @@ def analyse(traces: Sequence[dict[str, Any]], on: str = "eval", orderings: int =
     if not chosen:
         raise RequestError(f"no traces in the {on} split ({SPLIT_RULE})")
     fit = build_table(halves["fit"], orderings, round_size=round_size)
-    calibration = calibrate_table(fit, curve_detect_step=fit.detect_step)  # the curves sweep at the recorded schedule
     table = build_table(chosen, orderings, round_size=round_size)
+    if budget is not None:
+        fit, table = capped(fit, budget), capped(table, budget)
+    calibration = calibrate_table(fit, curve_detect_step=fit.detect_step)  # the curves sweep at the recorded schedule
     all_sweeps = sweeps(table, calibration)
     target, rows = reach(all_sweeps)
     _, near = reach(all_sweeps, NEAR)
     return Analysis(chosen[0]["program"], on, len(chosen), table.orderings, table.detect_step,
                     table.round_size if table.per_sample else None,
                     calibration, all_sweeps, target, rows, near)
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """A policy on programs it was not fitted on, against the uniform budget on the same samples:
+    a question is lost when the cap's answer was right and the policy's, drawn from a prefix of
+    the same samples, is not, so sampling luck cannot pass for a loss or a gain."""
+
+    questions: int
+    orderings: int
+    tokens_ratio: float  # the policy's tokens over the cap's, mean over orderings
+    tokens_ratio_max: float
+    lost_per_16: float  # questions lost per 16, mean over orderings
+    lost_per_16_max: float
+    gained_per_16: float
+    accuracy_uniform: float
+    accuracy_policy: float
+
+
+def transfer(table: Table, policy: AllocationPolicy) -> Transfer:
+    """`policy` replayed on `table` against every program run to its cap, ordering by ordering."""
+    chosen, cap = replay(table, policy), uniform(table, int(table.budget.max()))
+    ratio = per_ordering(table, chosen.tokens) / per_ordering(table, cap.tokens)
+    lost = per_ordering(table, cap.correct & ~chosen.correct) * 16
+    gained = per_ordering(table, chosen.correct & ~cap.correct) * 16
+    return Transfer(table.rows // max(table.orderings, 1), table.orderings, float(ratio.mean()), float(ratio.max()),
+                    float(lost.mean()), float(lost.max()), float(gained.mean()),
+                    float(per_ordering(table, cap.correct).mean()), float(per_ordering(table, chosen.correct).mean()))

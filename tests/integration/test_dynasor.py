@@ -92,6 +92,7 @@ def test_a_deadline_returns_the_best_answer_so_far_in_time(server):
 def test_a_deadline_before_any_sample_finished_still_answers_by_probing(server):
     """Four samples that cannot finish in 3 s (min_tokens keeps them going): `deadline_probe_s`
     before the deadline their partial texts are continued, told to state the answer, and voted."""
+    met_before = sum(v for k, v in metric_values(server, "dynasor_program_deadline_total").items() if 'outcome="met"' in k)
     t0 = time.monotonic()
     result = sc(server, budget=4, round_size=4, max_tokens=1500, min_tokens=1400, settle_threshold=1.0, deadline_s=3)
     elapsed = time.monotonic() - t0
@@ -99,6 +100,8 @@ def test_a_deadline_before_any_sample_finished_still_answers_by_probing(server):
     assert elapsed <= 3 + 1.0, f"returned {elapsed:.1f} s after the start of a 3 s deadline"
     assert result.details.get("probed", 0) >= 1, result.details
     assert result.answer, f"probing gave no answer: {result.details}"
+    met = sum(v for k, v in metric_values(server, "dynasor_program_deadline_total").items() if 'outcome="met"' in k)
+    assert met == met_before + 1, "an answer at the deadline is a deadline met"
     assert wait_for(lambda: sum(metric_values(server, "dynasor_engine_unfinished_requests").values()) == 0, timeout_s=2)
 
 

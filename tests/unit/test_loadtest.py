@@ -9,9 +9,9 @@ import statistics
 
 import pytest
 
+from engines.policy_stream import SampleAccumulator
 from loadtest.slo import (
     ProgramRecord,
-    SampleAccumulator,
     format_summary,
     percentile,
     poisson_gap,

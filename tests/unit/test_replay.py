@@ -17,6 +17,7 @@ from scheduler_backend.errors import RequestError
 from scheduler_backend.replay import (
     build_table,
     by_length,
+    capped,
     oracle,
     orderings_of,
     per_ordering,
@@ -24,7 +25,7 @@ from scheduler_backend.replay import (
     settled_column,
     uniform,
 )
-from scheduler_backend.tradeoffs import NEAR, Point, Sweep, analyse, point, reach, tokens_at
+from scheduler_backend.tradeoffs import NEAR, Point, Sweep, analyse, point, reach, tokens_at, transfer
 from tests.unit.synthetic_traces import history_trace, random_sc_traces, sc_trace
 
 
@@ -97,6 +98,44 @@ def test_orderings_reorder_the_same_samples() -> None:
     perms = orderings_of(sc_trace("a", ["7", "42", "42", "42"], [10, 20, 30, 40]), 6)
     assert sorted(map(tuple, perms)) == sorted(map(tuple, orderings_of(sc_trace("a", ["1"] * 4, [1] * 4), 6)))  # keyed by id
     assert all(sorted(p) == [0, 1, 2, 3] for p in perms)
+
+
+def test_fresh_draws_vary_where_reorderings_of_the_same_samples_cannot() -> None:
+    """At the cap every reordering votes over the same samples, so a live run's spread (it draws
+    new ones) would look like none; draws with replacement from the recorded answers do vary."""
+    traces = [sc_trace(f"q{i}", ["42", "7"] * 4 + ["42"], [10] * 9) for i in range(6)]
+    shuffled = build_table(traces, 20)
+    drawn = build_table(traces, 20, draws=True)
+    assert per_ordering(shuffled, uniform(shuffled, 9).correct).std() == 0.0
+    assert per_ordering(drawn, uniform(drawn, 9).correct).std() > 0.05
+    rows = orderings_of(traces[0], 20, draws=True)
+    assert (rows == orderings_of(traces[0], 20, draws=True)).all()  # seeded
+    assert any(len(set(r)) < 9 for r in rows) and rows.min() >= 0 and rows.max() <= 8  # with replacement
+
+
+def test_a_capped_table_is_the_first_samples_of_each_ordering() -> None:
+    table = hand_made(orderings=4)
+    small = capped(table, 2)
+    assert small.steps.shape[1] == 2 and set(small.budget.tolist()) == {2}
+    assert mean(small, uniform(small, 2)) == mean(table, uniform(table, 2))
+    assert mean(small, oracle(small, 2)) == mean(table, oracle(table, 2))
+    with pytest.raises(RequestError, match="budget: must be in \\[1, 4\\]"):
+        capped(table, 5)
+
+
+def test_transfer_counts_losses_and_gains_on_the_same_samples() -> None:
+    """Stopping at 2 samples: a is right at its cap and wrong at 2 (lost), b the other way round
+    (gained), c right throughout; 20 of 50 tokens spent."""
+    traces = [sc_trace("a", ["7", "7", "42", "42", "42"], [10] * 5, detect_step=2, round_size=1),
+              sc_trace("b", ["42", "42", "7", "7", "7"], [10] * 5, detect_step=2, round_size=1),
+              sc_trace("c", ["42"] * 5, [10] * 5, detect_step=2, round_size=1)]
+    t = transfer(build_table(traces, 1), ThresholdPolicy(settle=0.0, detect_step=2))
+    assert (t.questions, t.orderings) == (3, 1)
+    assert t.tokens_ratio == pytest.approx(0.4) and t.tokens_ratio_max == pytest.approx(0.4)
+    assert t.lost_per_16 == pytest.approx(16 / 3) and t.gained_per_16 == pytest.approx(16 / 3)
+    assert t.accuracy_uniform == pytest.approx(2 / 3) and t.accuracy_policy == pytest.approx(2 / 3)
+    never = transfer(build_table(traces, 1), UniformPolicy())
+    assert (never.tokens_ratio, never.lost_per_16, never.gained_per_16) == (1.0, 0.0, 0.0)
 
 
 def test_vectorized_certaindex_and_vote_are_the_projects_own() -> None:
@@ -200,9 +239,14 @@ def test_bench_batch_writes_every_plot_and_the_markdown(tmp_path, capsys) -> Non
     mixed = [history_trace(f"m{i}", ["42"] * 6, [0.2 * (i % 5)] * 6) for i in range(12)]
     mixed += [history_trace(f"r{i}", ["41", "42"] * 4, [0.5] * 8, program="rebase") for i in range(12)]
     (traces / "trees.jsonl").write_text("".join(json.dumps(t) + "\n" for t in mixed))
+    (traces / "unseen.jsonl").write_text("".join(json.dumps(t) + "\n" for t in random_sc_traces(40, seed=8)))
     assert bench_batch([f"--traces={traces}", f"--out={out}", "--orderings=2"]) == 0
-    assert sorted(p.name for p in out.glob("*.png")) == ["gsm8k-synthetic.png", "trees-mcts.png", "trees-rebase.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == ["gsm8k-synthetic.png", "trees-mcts.png", "trees-rebase.png", "unseen.png"]
     markdown = (out / "batch.md").read_text()
-    assert markdown.count("### ") == 3 and "![gsm8k-synthetic](gsm8k-synthetic.png)" in markdown
-    assert "== headline: self-consistency on gsm8k-synthetic, eval split" in capsys.readouterr().out
+    assert markdown.count("### ") == 5 and "![gsm8k-synthetic](gsm8k-synthetic.png)" in markdown
+    assert "### The default allocation on data sets it was not fitted on" in markdown
+    assert "| unseen | 40 |" in markdown and "| gsm8k-synthetic |" not in markdown  # fitted on GSM8K: not a transfer
+    printed = capsys.readouterr().out
+    assert "== headline: self-consistency on gsm8k-synthetic, eval split" in printed
+    assert "on unseen (40 questions, not fitted on)" in printed
     assert bench_batch([f"--traces={tmp_path / 'none'}", f"--out={out}"]) == 1

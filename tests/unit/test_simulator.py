@@ -12,7 +12,7 @@ import pytest
 from engines.scripted import ScriptedEngine
 from engines.simulated import EngineModel, SimulatedEngine, TraceSamples, prompt_tokens, sample_text
 from loadtest.simulator import SYSTEMS, SimConfig, main, simulate, sustainable_rate, sweep, tightest_slo_scale
-from loadtest.slo_report import AGREEMENT_POINTS, engine_model, load_real
+from loadtest.slo_report import AGREEMENT_POINTS, engine_model, equal_accuracy_bound, load_real
 from loadtest.virtual_loop import run_virtual
 from scheduler_backend.allocation import ThresholdPolicy
 from scheduler_backend.engine import GenerateCall, SamplingSpec
@@ -288,3 +288,14 @@ def test_a_simulation_replays_exactly():
         return [(r.answer, r.latency_s, r.tokens, r.stop_reason, r.probed) for r in records]
 
     assert once() == once() == once()
+
+
+def test_the_equal_accuracy_bound_is_what_replay_saves_at_the_baselines_accuracy() -> None:
+    """Every sample agrees: 8 samples are right, and so are the first 4, where a policy consulted
+    from its detection step (4) stops; the oracle stops after 1. So allocation can halve the
+    tokens at equal accuracy (a 2x rate at most), and only knowing the answer gets 8x."""
+    traces = [sc_trace(f"u{i}", ["42"] * 16, [10] * 16) for i in range(24)]
+    lines, best = equal_accuracy_bound(traces, 8)
+    assert best == pytest.approx(2.0)
+    assert "| threshold | 40 | 2.00 |" in lines and "| oracle | 10 | 8.00 |" in lines
+    assert "accuracy of 8 samples (100.0%, 80 tokens)" in lines[0]

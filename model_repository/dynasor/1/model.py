@@ -250,7 +250,7 @@ _METRICS = (
     ("dynasor_program_certaindex_at_stop", "Certaindex of programs when they stopped", "histogram"),
     ("dynasor_program_tokens_used_total", "Tokens generated for programs", "counter"),
     ("dynasor_program_tokens_saved_total", "Tokens not spent against the cap (unused knob units times tokens per unit)", "counter"),
-    ("dynasor_program_deadline_total", "Programs with a deadline, by outcome (met, missed)", "counter"),
+    ("dynasor_program_deadline_total", "Programs with a deadline, by outcome (met: answered by it; missed: none by then)", "counter"),
 )
 
 
@@ -262,6 +262,6 @@ def _record(metrics: Metrics, state: ProgramState, program: str, deadline_s: flo
     metrics.count("dynasor_program_tokens_used_total", labels, state.tokens_used)
     if state.steps and state.budget > state.steps:
         metrics.count("dynasor_program_tokens_saved_total", labels, (state.budget - state.steps) * state.tokens_used / state.steps)
-    if deadline_s is not None:
-        met = state.stop_reason is not StopReason.DEADLINE
+    if deadline_s is not None:  # stopped by its deadline with an answer is an answer in time
+        met = state.stop_reason is not StopReason.DEADLINE or state.answer is not None
         metrics.count("dynasor_program_deadline_total", {"outcome": "met" if met else "missed"})
