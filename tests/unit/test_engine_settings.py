@@ -3,11 +3,7 @@ computing on a small machine, torch.compile (its cache warmed at set-up); whatev
 environment says wins."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
-from engines.engine_settings import ENGINE_NICE, choose_engine_settings, cpu_flags, cpu_model, lower_priority
+from engines.engine_settings import choose_engine_settings, cpu_flags, cpu_model
 
 AVX2 = frozenset({"avx", "avx2", "fma"})
 ZEN4 = AVX2 | {"avx512f", "avx512_bf16"}
@@ -41,34 +37,6 @@ def test_explicit_settings_are_kept():
 def test_small_machines_compute_on_every_core_and_big_ones_keep_vllms_reservation():
     assert choose_engine_settings({}, gpu=False, flags=AVX2, cores=2, environ={}).env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
     assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in choose_engine_settings({}, gpu=False, flags=AVX2, cores=16, environ={}).env
-
-
-def test_an_engine_on_every_core_runs_nicer_than_the_server_and_only_then():
-    small = choose_engine_settings({}, gpu=False, flags=ZEN4, cores=2, environ={})
-    assert small.nice == ENGINE_NICE > 0 and f"engine at nice {ENGINE_NICE}" in small.describe()
-    assert choose_engine_settings({}, gpu=False, flags=ZEN4, cores=16, environ={}).nice == 0
-    assert choose_engine_settings({}, gpu=False, flags=ZEN4, cores=2, environ={"VLLM_CPU_NUM_OF_RESERVED_CPU": "1"}).nice == 0
-    assert choose_engine_settings({}, gpu=True, flags=ZEN4, cores=2, environ={}).nice == 0
-
-
-def test_lower_priority_reaches_every_thread_of_the_child_processes():
-    """A child with a second thread already running, as the engine's compute threads are."""
-    code = "import threading, time; threading.Thread(target=time.sleep, args=(60,)).start(); print('up', flush=True); time.sleep(60)"
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout is not None and child.stdout.readline().strip() == "up"
-        tids = [int(t) for t in os.listdir(f"/proc/{child.pid}/task")]
-        assert len(tids) >= 2
-        own = os.getpriority(os.PRIO_PROCESS, 0)
-        target = min(own + 4, 19)
-        assert target > own, "run the tests below nice 19"
-        assert lower_priority(os.getpid(), target) >= len(tids)
-        assert [os.getpriority(os.PRIO_PROCESS, t) for t in tids] == [target] * len(tids)
-        assert os.getpriority(os.PRIO_PROCESS, 0) == own, "the caller itself is left as it was"
-        assert lower_priority(os.getpid(), own) == 0, "never raised back: only lowered"
-    finally:
-        child.kill()
-        child.wait()
 
 
 def test_gpu_hosts_keep_the_models_dtype_and_cuda_graphs():

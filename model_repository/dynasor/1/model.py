@@ -9,6 +9,7 @@ its own thread; `execute` only hands requests to that loop.
 import asyncio
 import locale
 import threading
+import time
 import traceback
 import uuid
 from pathlib import Path
@@ -86,24 +87,25 @@ class TritonPythonModel:
         self._tasks: set = set()
 
     def execute(self, requests):
+        received_at = time.time()
         for request in requests:
-            future = asyncio.run_coroutine_threadsafe(self._serve(request), self._loop)
+            future = asyncio.run_coroutine_threadsafe(self._serve(request, received_at), self._loop)
             self._tasks.add(future)
             future.add_done_callback(self._tasks.discard)
         return None
 
-    async def _serve(self, request) -> None:
+    async def _serve(self, request, received_at: float) -> None:
         with STUB_LOCK:
             sender = request.get_response_sender()
         try:
-            await self._serve_checked(request, sender)
+            await self._serve_checked(request, sender, received_at)
         except Exception as e:
             # Every request gets its final response, whatever went wrong, or its client waits forever.
             with STUB_LOCK:
                 self.logger.log_error(f"[dynasor] request failed: {traceback.format_exc()}")
                 send_error(sender, f"dynasor failed: {type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL)
 
-    async def _serve_checked(self, request, sender) -> None:
+    async def _serve_checked(self, request, sender, received_at: float) -> None:
         with STUB_LOCK:
             req = self._parse(request, sender)
             if req is None:
@@ -152,7 +154,9 @@ class TritonPythonModel:
             elif state.stop_reason is StopReason.ERROR:
                 send_error(sender, f"program failed: {state.extra.get('error', 'engine error')}", pb_utils.TritonError.UNAVAILABLE)
             else:
-                sender.send(_response(state, program_id), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                # Wall-clock stamps let a client split its latency: the trip in, the server, the trip out.
+                final = _response(state, program_id, received_at=round(received_at, 4), sent_at=round(time.time(), 4))
+                sender.send(final, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     def _over_limit(self, client_id: str | None) -> str:
         """Why a new program is refused under the operator's limits, or "" (under STUB_LOCK)."""
@@ -229,8 +233,8 @@ def _max_running(p: dict) -> tuple[int, ConcurrencyController | None]:
     return controller.max_running, controller
 
 
-def _response(state: ProgramState, program_id: str):
-    details = {"budget": state.budget, "program_id": program_id, **state.extra}
+def _response(state: ProgramState, program_id: str, **stamps: float):
+    details = {"budget": state.budget, "program_id": program_id, **state.extra, **stamps}
     tensors = [
         pb_utils.Tensor("answer", np.array([(state.answer or "").encode()], dtype=np.object_)),
         pb_utils.Tensor("certaindex", np.array([state.certaindex], dtype=np.float32)),

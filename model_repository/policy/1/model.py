@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 from sampling_request import parse_request  # noqa: E402
 
-from engines.engine_settings import lower_priority, settings_for_this_machine  # noqa: E402
+from engines.engine_settings import settings_for_this_machine  # noqa: E402
 from engines.vllm_text import render_chat, top_logprobs  # noqa: E402
 from scheduler_backend.errors import RequestError  # noqa: E402
 from serving.door_json import dump_json  # noqa: E402
@@ -70,10 +70,6 @@ class TritonPythonModel:
         self.engine_config["model"] = _resolve_model_path(self.engine_config["model"], model_dir)
         settings = settings_for_this_machine(self.engine_config)
         self.engine_config = settings.engine_args
-        nice = params.get("engine_nice", "auto")
-        if nice != "auto" and not (nice.isdigit() and int(nice) <= 19):
-            raise pb_utils.TritonModelException(f"parameters.engine_nice: \"auto\" or an integer 0-19, got {nice!r}")
-        self.engine_nice = settings.nice if nice == "auto" else int(nice)
         os.environ.update(settings.env)  # read by the engine process it spawns
         self.logger.log_info(f"[policy] engine settings for this machine: {settings.describe()}")
 
@@ -110,9 +106,6 @@ class TritonPythonModel:
             )
         self.tokenizer = engine.get_tokenizer()
         self.vocab_size = engine.model_config.get_vocab_size()
-        if self.engine_nice > 0:
-            threads = lower_priority(os.getpid(), self.engine_nice)
-            self.logger.log_info(f"[policy] engine processes at nice {self.engine_nice} ({threads} threads)")
         self._engine = engine
         self._engine_ready.set()
         self.logger.log_info(f"[policy] engine ready: {self.engine_config['model']}")
