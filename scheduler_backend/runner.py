@@ -14,10 +14,9 @@ tokens, no scores) is stopped with ERROR after a few in a row instead of asking 
 forever.
 
 What it measures also serves deadlines. Before a program with a deadline issues new steps, its
-budget shrinks to the knob units that fit before the deadline at its share of the engine's
-capacity (the highest smoothed rate it has delivered, not the current one, which under light load
-is only what was asked of it); one that has an answer and no time for even one more unit stops at
-once, DEADLINE, freeing its compute. With `admission="feasible"`, `refusal` turns away a program whose deadline cannot fit
+budget shrinks to the knob units that fit before the deadline at the per-program rate (one that
+has an answer and has no time for even one more unit stops at once, DEADLINE, freeing its
+compute). With `admission="feasible"`, `refusal` turns away a program whose deadline cannot fit
 even its first step. With `probe_s`, a program still without an answer that long before its
 deadline has its unfinished samples probed for the answers they were heading to.
 """
@@ -66,7 +65,6 @@ class ThroughputMeter:
         self.window_s = window_s
         self.alpha = alpha
         self.rate: float | None = None
-        self.peak: float | None = None  # the highest `rate` so far: what the engine can deliver
         self.sequences = 0  # in flight now
         self.programs = 0  # running now
         self.on_window: WindowCallback | None = None
@@ -129,7 +127,6 @@ class ThroughputMeter:
         if sample is None:
             return
         self.rate = sample if self.rate is None else self.rate + self.alpha * (sample - self.rate)
-        self.peak = self.rate if self.peak is None else max(self.peak, self.rate)
         if self.on_window is not None:
             self.on_window(sequences, programs, sample)
 
@@ -218,14 +215,6 @@ class ProgramRunner:
         rate = self.throughput.rate
         return rate / max(self.scheduler.running, 1) if rate is not None and rate > 0 else None
 
-    def _capacity_per_program(self) -> float | None:
-        """Tokens/s one running program can count on: the most the engine has delivered (its
-        smoothed rate at its busiest) shared by the running programs. The current rate is only
-        what the programs asked for; under light load it is far below what the engine can do,
-        and budgets cut to it starve programs that had time for more."""
-        peak = self.throughput.peak
-        return peak / max(self.scheduler.running, 1) if peak is not None and peak > 0 else None
-
     def _learn(self, program: ReasoningProgram) -> None:
         """After a result: tokens per unit for the program's kind, and the rate one running
         program progresses at (the engine's tokens/s shared by the running programs)."""
@@ -260,11 +249,11 @@ class ProgramRunner:
 
     def _fit_to_deadline(self, live: _Live, deadline: float | None) -> None:
         """Before new steps: cap the budget to the knob units that fit before the deadline at the
-        program's share of the engine's capacity, so later rounds ask for less instead of being
-        cut. When not one more unit fits, a program with an answer stops now (DEADLINE: on time,
-        its compute freed); one without keeps a single unit, its only chance of an answer."""
+        per-program rate, so later rounds ask for less instead of being cut. When not one more
+        unit fits, a program with an answer stops now (DEADLINE: on time, its compute freed); one
+        without keeps a single unit, its only chance of an answer."""
         program = live.program
-        rate = self._capacity_per_program()
+        rate = self._rate_per_program()
         if deadline is None or rate is None or program.done:
             return
         time_left = max(deadline - self.clock(), 0.0)

@@ -9,8 +9,6 @@ import math
 import time
 from itertools import count
 
-import pytest
-
 from engines.scripted import ScriptedEngine
 from scheduler_backend.engine import SampleDelta
 from scheduler_backend.program import StopReason
@@ -46,13 +44,10 @@ def clocked_engine(clock: FakeClock, per_sample_s: float, answers: bool = True) 
     return ScriptedEngine(script)
 
 
-def measured(engine: ScriptedEngine, clock: FakeClock | None = None, rate: float | None = 20.0, peak: float | None = None,
-             **options) -> ProgramRunner:
-    """A runner that has measured `rate` tokens/s now, `peak` at its busiest (default: `rate`),
-    both kept fixed, and 10 tokens per sample."""
+def measured(engine: ScriptedEngine, clock: FakeClock | None = None, rate: float | None = 20.0, **options) -> ProgramRunner:
+    """A runner that has measured `rate` tokens/s (kept fixed) and 10 tokens per sample."""
     runner = ProgramRunner(engine, Scheduler(), clock=clock or time.monotonic, tokens_per_unit_prior=10.0, **options)
     runner.throughput.rate = rate
-    runner.throughput.peak = rate if peak is None else peak
     runner.throughput.window_s = math.inf
     return runner
 
@@ -65,27 +60,6 @@ def test_a_deadline_shrinks_the_budget_and_the_last_round_asks_fewer_samples():
     assert state.budget == 10, "5 s at 2 samples/s"
     assert [c.sampling.n for c in engine.calls] == [4, 4, 2]
     assert state.stop_reason is StopReason.CAP and state.steps == 10 and clock.now <= 5.0
-
-
-def test_budgets_fit_what_the_engine_can_deliver_not_what_light_load_asked_of_it():
-    """The engine now delivers 20 tokens/s because little is asked of it; it has delivered 40: a
-    program with 5 s left can count on 4 samples a second, 20 samples, not 10."""
-    clock = FakeClock()
-    engine = clocked_engine(clock, per_sample_s=0.25)
-    state = asyncio.run(measured(engine, clock, rate=20.0, peak=40.0).run("p", sc(), deadline_s=5.0))
-    assert state.budget == 20, "5 s at 4 samples/s"
-    assert state.stop_reason is StopReason.CAP and state.steps == 20 and clock.now <= 5.0
-
-
-def test_the_meter_keeps_the_highest_rate_it_has_smoothed():
-    runner = measured(AGREE_ENGINE, rate=None)
-    meter = runner.throughput
-    meter.window_s, meter.rate, meter.peak = 1.0, None, None
-    for second, tokens in enumerate([100, 300, 50, 50, 50]):
-        meter.busy(float(second))
-        meter.add(tokens, float(second) + 1.0)
-    # smoothed: 100, 160, 127, 103.9, 87.73
-    assert meter.peak == pytest.approx(160.0) and meter.rate == pytest.approx(87.73)
 
 
 def test_no_measured_rate_no_shrinking():
@@ -136,7 +110,7 @@ def test_feasible_admission_refuses_a_deadline_that_cannot_fit_the_first_round()
 def test_feasible_admission_counts_the_wait_for_a_busy_slot():
     scheduler = Scheduler(max_running=1)
     runner = ProgramRunner(AGREE_ENGINE, scheduler, tokens_per_unit_prior=10.0, admission="feasible")
-    runner.throughput.rate = runner.throughput.peak = 10.0
+    runner.throughput.rate = 10.0
     scheduler.add("busy", 0.0, predicted_work=50.0)
     scheduler.add("longer", 0.0, predicted_work=500.0)
     scheduler.schedule(0.0)  # "busy" runs: 5 s of work left; the new program's 4 samples need 4 s
