@@ -253,10 +253,11 @@ def test_a_deadline_before_any_sample_finished_is_answered_by_probing_samples_fa
 
 def test_the_simulator_reproduces_the_committed_real_sweep_within_15_points():
     """Every point of the real server's sweep (docs/results/slo_real.json, `make bench-slo`) run
-    again in the simulator on the engine fitted to that run. Where the real server answered its
-    programs on time (>= 95% met their deadline), SLO attainment agrees within 15 points. The
-    simulator models the engine, not the server's own CPU: where the 2 cores were so loaded that
-    the server itself answered late, it can only be optimistic, and that is checked too."""
+    again in the simulator on the engine fitted to that run: SLO attainment agrees within 15
+    points, except where the real `dynasor` left more than 5% of its programs with no answer at
+    their deadline (overload: samples that had not produced a token by then, so nothing to probe).
+    The simulator starts a sequence as soon as a batch slot frees and never preempts it, so there
+    it can only be optimistic, and that is checked too."""
     real = load_real(Path(__file__).resolve().parents[2] / "docs" / "results" / "slo_real.json")
     s = real["settings"]
     config = SimConfig(budget=s["budget"], max_tokens=s["max_tokens"], base_deadline_s=s["base_deadline_s"])
@@ -266,9 +267,10 @@ def test_the_simulator_reproduces_the_committed_real_sweep_within_15_points():
     for p in real["points"]:
         programs = max(round(p["rate"] * s["duration_s"]), 3)
         sim = sweep([p["system"]], traces, rates=[p["rate"]], slo_scales=[p["slo_scale"]], programs=programs, model=model,
-                    config=config, seeds=3)[0]
+                    config=config, seeds=5)[0]  # as slo_report: a loaded point varies by 10-17 points between seeds
         where = (p["system"], p["rate"], p["slo_scale"], p["attainment"], round(sim["attainment"], 3))
-        if p["deadline_met"] >= 0.95:
+        starved = p["system"] == "dynasor" and p["deadline_met"] - p["attainment"] > 0.05  # in time, no answer
+        if not starved:
             on_time += 1
             if abs(sim["attainment"] - p["attainment"]) > AGREEMENT_POINTS:
                 misses.append(where)
