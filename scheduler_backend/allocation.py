@@ -27,6 +27,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -358,3 +359,20 @@ def load_policy(path: str | Path, which: str = "policy") -> AllocationPolicy:
         return policy_from_dict(doc)
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}") from exc
+
+
+CALIBRATION_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def load_calibration(spec: str, calibration_dir: str | Path | None) -> AllocationPolicy:
+    """A shipped calibration by name, as config.pbtxt and requests name one: NAME takes its
+    "policy" entry, NAME:curve its fitted curve. A ValueError says what is wrong with the name,
+    the file or the policy in it (no `calibration_dir`: there is none); the caller prefixes the
+    field it came from."""
+    name, _, entry = spec.partition(":")
+    if not CALIBRATION_NAME.match(name) or entry not in ("", "policy", "curve"):
+        raise ValueError("expected NAME or NAME:curve, NAME made of letters, digits, '._-'")
+    path = Path(calibration_dir) / f"{name}.json" if calibration_dir else None
+    if path is None or not path.is_file():
+        raise ValueError(f"no calibration named {name!r} on this server")
+    return load_policy(path, entry or "policy")

@@ -283,9 +283,8 @@ def capped(table: Table, budget: int) -> Table:
         raise RequestError("a smaller budget replays only for self-consistency traces with samples")
     if not 1 <= budget <= int(table.budget.min()):
         raise RequestError(f"budget: must be in [1, {int(table.budget.min())}] (the recorded cap), got {budget}")
-    width = budget
-    return replace(table, certaindex=table.certaindex[:, :width], steps=table.steps[:, :width],
-                   tokens=table.tokens[:, :width], correct=table.correct[:, :width], answer=table.answer[:, :width],
+    return replace(table, certaindex=table.certaindex[:, :budget], steps=table.steps[:, :budget],
+                   tokens=table.tokens[:, :budget], correct=table.correct[:, :budget], answer=table.answer[:, :budget],
                    budget=np.full(table.rows, budget, dtype=np.int64))
 
 

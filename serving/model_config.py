@@ -7,7 +7,7 @@ import json
 import re
 from typing import Any
 
-from scheduler_backend.allocation import AllocationPolicy, load_policy
+from scheduler_backend.allocation import AllocationPolicy, load_calibration
 from serving.launcher import MODEL_REPOSITORY, resolve_model
 
 
@@ -37,6 +37,4 @@ def default_allocation() -> tuple[str, AllocationPolicy]:
     """The dynasor server's default allocation (config.pbtxt `default_allocation`, NAME[:ENTRY] of
     a shipped calibration) and its spec, as the server loads it."""
     spec = dynasor_parameter("default_allocation")
-    name, _, entry = spec.partition(":")
-    path = MODEL_REPOSITORY / "dynasor" / "1" / dynasor_parameter("calibration_dir") / f"{name}.json"
-    return spec, load_policy(path, entry or "policy")
+    return spec, load_calibration(spec, MODEL_REPOSITORY / "dynasor" / "1" / dynasor_parameter("calibration_dir"))

@@ -17,6 +17,7 @@ from scheduler_backend.allocation import (
     ThresholdPolicy,
     UniformPolicy,
     Verdict,
+    load_calibration,
     load_policy,
     policy_from_dict,
     policy_to_dict,
@@ -337,3 +338,14 @@ def test_load_policy_errors_name_file_and_field(tmp_path) -> None:
         load_policy(path)
     with pytest.raises(ValueError, match=rf"^{tmp_path / 'missing.json'}: cannot read"):
         load_policy(tmp_path / "missing.json")
+
+
+def test_a_calibration_loads_by_name_as_the_server_and_the_tools_name_it():
+    assert isinstance(load_calibration("gsm8k-qwen0.5b:curve", SHIPPED), CurvePolicy)
+    assert isinstance(load_calibration("gsm8k-qwen0.5b", SHIPPED), ThresholdPolicy)
+    for bad, message in (("../gsm8k-qwen0.5b", "expected NAME or NAME:curve"), ("gsm8k-qwen0.5b:other", "expected NAME or NAME:curve"),
+                         ("missing", "no calibration named 'missing'")):
+        with pytest.raises(ValueError, match=message):
+            load_calibration(bad, SHIPPED)
+    with pytest.raises(ValueError, match="no calibration named 'gsm8k-qwen0.5b'"):
+        load_calibration("gsm8k-qwen0.5b", None)

@@ -15,14 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scheduler_backend.allocation import load_policy, policy_to_dict
+from scheduler_backend.allocation import load_calibration, policy_to_dict
 from scheduler_backend.errors import RequestError
 from scheduler_backend.program import ReasoningProgram
 from scheduler_backend.registry import Limits, create
 from serving.door_json import parse_json
 from serving.triton_model import text
 
-_CALIBRATION_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # Request parameters Triton or its clients set on their own; they are not program options.
 _TRANSPORT_PARAMETERS = {"triton_enable_empty_final_response", "sequence_id", "sequence_start", "sequence_end", "priority", "timeout"}
 # Who a program counts against for max_programs_per_client: a `client_id` request parameter, or
@@ -52,18 +51,12 @@ def _deadline(value: Any, max_deadline_s: float) -> float | None:
 
 
 def _calibration(name: Any, calibration_dir: Path | None, field: str = "options.calibration") -> dict[str, Any]:
-    """The named calibration's policy, read by the allocation module's own loader: NAME takes its
-    "policy" entry, NAME:curve its fitted curve."""
+    """The named calibration's policy (allocation.load_calibration): NAME takes its "policy"
+    entry, NAME:curve its fitted curve."""
     if not isinstance(name, str):
         raise RequestError(f"{field}: expected the name of a calibration file (letters, digits, '._-')")
-    name, _, entry = name.partition(":")
-    if not _CALIBRATION_NAME.match(name) or entry not in ("", "policy", "curve"):
-        raise RequestError(f"{field}: expected NAME or NAME:curve, NAME made of letters, digits, '._-'")
-    path = calibration_dir / f"{name}.json" if calibration_dir else None
-    if path is None or not path.is_file():
-        raise RequestError(f"{field}: no calibration named {name!r} on this server")
     try:
-        return policy_to_dict(load_policy(path, entry or "policy"))
+        return policy_to_dict(load_calibration(name, calibration_dir))
     except ValueError as e:
         raise RequestError(f"{field}: {e}") from None
 
