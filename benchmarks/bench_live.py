@@ -38,7 +38,7 @@ from engines.policy_stream import SampleAccumulator, decode_deltas, policy_input
 from scheduler_backend.answers import answers_equal
 from scheduler_backend.datasets import load
 from scheduler_backend.engine import GenerateCall
-from scheduler_backend.programs.base import sample_answer, sampling_from
+from scheduler_backend.programs.base import sampling_from
 from scheduler_backend.prompts import solve_messages
 from scheduler_backend.registry import defaults
 from scheduler_backend.replay import build_table, per_ordering, replay
@@ -76,8 +76,7 @@ def sample_accuracy(url: str, traces: Sequence[dict[str, Any]], concurrency: int
         acc = SampleAccumulator()
         for response in StreamCall(url, "policy", policy_inputs(call), request_id=call.request_id, timeout_s=900):
             acc.add(decode_deltas(response.outputs))
-        live = [sample_answer(acc.texts[i], acc.finish_reasons.get(i), "auto") for i in sorted(acc.texts)]
-        right = sum(a is not None and answers_equal(a, trace["gold"]) for a in live)
+        right = sum(a is not None and answers_equal(a, trace["gold"]) for a in acc.answers())
         recorded = sum(s["answer"] is not None and answers_equal(s["answer"], trace["gold"]) for s in trace["samples"])
         return right / n, recorded / n
 

@@ -132,7 +132,10 @@ class SampleAccumulator:
     def finished(self) -> int:
         return len(self.finish_reasons)
 
+    def answers(self, answer_format: str = "auto") -> list[str | None]:
+        """Each finished sample's answer, extracted as the programs extract theirs."""
+        return [sample_answer(self.texts[i], self.finish_reasons[i], answer_format) for i in sorted(self.finish_reasons)]
+
     def answer(self, answer_format: str = "auto") -> str | None:
-        """Majority answer of the finished samples, extracted as the programs extract theirs."""
-        answers = [sample_answer(self.texts[i], self.finish_reasons[i], answer_format) for i in sorted(self.finish_reasons)]
-        return majority_answer(answers)[0]
+        """Majority answer of the finished samples."""
+        return majority_answer(self.answers(answer_format))[0]
