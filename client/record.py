@@ -23,14 +23,15 @@ def main(argv: list[str] | None = None) -> int:
                                  f"NAME[:SPLIT] ({', '.join(DATASETS)})")
     ap.add_argument("-o", "--output", required=True, help="JSONL of traces; existing ids in it are skipped")
     ap.add_argument("--model", default="qwen2.5-coder-0.5b", help="NAME under models/ or a folder")
-    ap.add_argument("--program", default="self-consistency", help="self-consistency, mcts, rebase, cot-probe")
+    ap.add_argument("--program", default="self-consistency", help="self-consistency, code, mcts, rebase, cot-probe")
     ap.add_argument("--limit", type=int, default=None, help="first N records only")
     ap.add_argument("--concurrency", type=int, default=8, help="programs run at once")
     ap.add_argument("--options", default="{}", help="JSON program options (budget, round_size, max_tokens, ...)")
     args = ap.parse_args(argv)
     name, _, split = args.data.partition(":")
     if not Path(args.data).exists() and name in DATASETS:
-        records = [{"id": f"{name}-{split or 'test'}-{p.id}", "question": p.question, "gold": p.gold, "level": p.level}
+        records = [{"id": f"{name}-{split or 'test'}-{p.id}", "question": p.question, "gold": p.gold, "level": p.level,
+                    **({"tests": p.tests, "entry_point": p.entry_point} if p.tests else {})}
                    for p in load(name, split or "test", args.limit)]
     else:
         path = Path(args.data)

@@ -16,6 +16,9 @@ from typing import Any
 
 ANSWER_FORMATS: tuple[str, ...] = ("auto", "gsm8k", "boxed", "answer-is", "number")
 
+# A code sample's answer is its behaviour (code_behaviour.fingerprint): equal only when identical.
+BEHAVIOUR_PREFIX = "behaviour:"
+
 _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _ANSWER_IS_RE = re.compile(r"the\s+answer\s+is|final\s+answer\s+is|final\s+answer\s*:", re.IGNORECASE)
 _NUMBER_RE = re.compile(r"(?<![\w.])-?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?|\.\d+)")
@@ -390,6 +393,8 @@ def answers_equal(a: str | None, b: str | None, timeout_s: float = 1.0) -> bool:
     Numbers compare here; expressions go to the sympy worker process, which gets `timeout_s`."""
     if a is None or b is None:
         return False
+    if a.startswith(BEHAVIOUR_PREFIX) or b.startswith(BEHAVIOUR_PREFIX):
+        return a == b
     return _cached_equal(*sorted((normalize_answer(a), normalize_answer(b))), timeout_s)
 
 

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from scheduler_backend.answers import answers_equal, extract_answer
+from scheduler_backend.code_behaviour import passes_tests
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-DATASETS: tuple[str, ...] = ("gsm8k", "math500", "aime24", "game24", "grade-school", "arithmetic")
+DATASETS: tuple[str, ...] = ("gsm8k", "math500", "aime24", "game24", "grade-school", "arithmetic", "humaneval")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ class Problem:
     gold: str | None  # None where answers are checked, not looked up (Game of 24)
     level: int = 0  # difficulty where the set grades it (MATH level, grade-school operations)
     numbers: tuple[int, ...] = ()  # Game of 24: the four numbers an answer must use
+    tests: str = ""  # HumanEval: the hidden `check(candidate)` tests, for grading only
+    entry_point: str = ""  # HumanEval: the function the tests call
 
 
 def _gsm8k(split: str) -> list[Problem]:
@@ -64,6 +67,19 @@ def _game24(split: str) -> list[Problem]:
     chosen = test if split == "test" else [r for r in rows if r not in test]
     return [Problem("game24", r["Rank"], game24_question(r["Puzzles"]), None, numbers=tuple(map(int, r["Puzzles"].split())))
             for r in chosen]
+
+
+def _humaneval(split: str) -> list[Problem]:
+    """OpenAI's HumanEval: the question is the prompt (signature and docstring), graded by running
+    its hidden tests in the sandbox; one split (traces split it by hash, `traces.split_of`)."""
+    return [Problem("humaneval", r["task_id"], r["prompt"], None, tests=r["test"], entry_point=r["entry_point"])
+            for r in load_records_raw(DATA_DIR / "humaneval" / "test.jsonl")]
+
+
+def load_records_raw(path: Path) -> list[dict[str, Any]]:
+    """Every JSON object of a JSONL file, as it is."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def gold_answer(record: dict[str, Any]) -> str | None:
@@ -162,14 +178,14 @@ def _arithmetic(split: str) -> list[Problem]:
 
 
 _LOADERS = {"gsm8k": _gsm8k, "math500": _math500, "aime24": _aime24, "game24": _game24, "grade-school": _grade_school,
-            "arithmetic": _arithmetic}
+            "arithmetic": _arithmetic, "humaneval": _humaneval}
 
 
 def load(dataset: str, split: str = "test", limit: int | None = None) -> list[Problem]:
     """The first `limit` problems of a set's split (`test`, or `train` where one exists)."""
     if dataset not in _LOADERS:
         raise ValueError(f"dataset: must be one of {', '.join(DATASETS)}; got {dataset!r}")
-    if split not in ("test", "train") or (split == "train" and dataset in ("math500", "aime24")):
+    if split not in ("test", "train") or (split == "train" and dataset in ("math500", "aime24", "humaneval")):
         raise ValueError(f"split: {dataset} has no {split!r} split")
     return _LOADERS[dataset](split)[:limit]
 
@@ -208,9 +224,12 @@ def _expression_value(expr: str) -> tuple[Fraction, list[int]] | None:
 
 
 def is_correct(problem: Problem, answer: str | None) -> bool:
-    """Gold answers compare by value; Game of 24 checks the expression itself."""
+    """Gold answers compare by value; Game of 24 checks the expression itself; HumanEval runs its
+    hidden tests on the answer's program in the sandbox."""
     if answer is None:
         return False
+    if problem.dataset == "humaneval":
+        return passes_tests(answer, problem.tests, problem.entry_point)
     if problem.dataset == "game24":
         got = _expression_value(answer)
         return got is not None and got[0] == 24 and Counter(got[1]) == Counter(problem.numbers)

@@ -18,7 +18,7 @@ from scheduler_backend.allocation import AllocationPolicy, ThresholdPolicy, poli
 from scheduler_backend.answers import ANSWER_FORMATS
 from scheduler_backend.errors import RequestError
 from scheduler_backend.program import ReasoningProgram
-from scheduler_backend.programs import EFFORTS, CotProbe, Mcts, Rebase, SelfConsistency
+from scheduler_backend.programs import EFFORTS, CodeConsistency, CotProbe, Mcts, Rebase, SelfConsistency
 from scheduler_backend.programs.base import PROBE_SAMPLING
 from scheduler_backend.prompts import PROMPTS
 
@@ -243,6 +243,8 @@ def create(name: str, question: str, options: Mapping[str, Any], limits: Limits 
     policy = _policy(values, options)
     try:
         return factory.build(question, values, policy)
+    except RequestError:
+        raise
     except ValueError as e:
         raise RequestError(f"options.{e}") from None
 
@@ -251,6 +253,12 @@ register("self-consistency", ProgramFactory("self-consistency", SelfConsistency.
     "round_size": Int(4, hi="max_parallel"),
     # vLLM's min_tokens: samples run at least this long (long-chain workloads, load tests).
     "min_tokens": Int(0, hi="max_tokens"),
+}))
+register("code", ProgramFactory("code", CodeConsistency.from_options, {
+    "round_size": Int(4, hi="max_parallel"),
+    "max_tokens": Int(512, hi="max_tokens"),
+    "prompt": Choice("code", PROMPTS),
+    "answer_format": None,
 }))
 register("rebase", ProgramFactory("rebase", Rebase.from_options, {
     "budget": Int(32, hi="max_budget"),

@@ -31,6 +31,8 @@ Bools = NDArray[np.bool_]
 ORDERINGS = 10
 SEED = 0
 SELF_CONSISTENCY = "self-consistency"
+# Programs whose samples vote (answers or behaviours): replayed per sample, in any order.
+SAMPLE_VOTERS = (SELF_CONSISTENCY, "code")
 
 
 @dataclass(frozen=True)
@@ -209,7 +211,7 @@ def _sample_rows(trace: dict[str, Any], orderings: int, seed: int, draws: bool =
     first = np.where(seen.any(axis=1), seen.argmax(axis=1), n)
     score = np.where(counts > 0, counts * (n + 1) - first[:, None, :], -1)
     majority = np.where(counts.max(axis=-1) > 0, score.argmax(axis=-1), -1)
-    if trace["gold"] is not None:
+    if trace["gold"] is not None or all(s["correct"] is not None for s in samples):  # graded: gold or tests
         right = np.array([bool(samples[h]["correct"]) if samples[h]["correct"] is not None
                           else answers_equal(samples[h]["answer"], trace["gold"]) for h in heads] + [False], dtype=bool)
         correct = right[majority]  # label -1 reads the trailing False
@@ -256,7 +258,7 @@ def build_table(traces: Sequence[dict[str, Any]], orderings: int = ORDERINGS, se
     if len(programs) > 1:
         raise RequestError(f"traces of several programs ({', '.join(programs)}); certaindex means something "
                            "different in each: replay one program at a time")
-    per_sample = programs[0] == SELF_CONSISTENCY and all(t.get("samples") for t in traces)
+    per_sample = programs[0] in SAMPLE_VOTERS and all(t.get("samples") for t in traces)
     detect = _option(traces, "detect_step", 4)
     if per_sample:
         parts = [_sample_rows(t, orderings, seed, draws) for t in traces]

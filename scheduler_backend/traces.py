@@ -13,6 +13,7 @@ One JSON object per line (TRACE_FORMAT):
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import math
@@ -26,6 +27,8 @@ from scheduler_backend.allocation import UniformPolicy
 from scheduler_backend.answers import answers_equal
 from scheduler_backend.errors import RequestError
 from scheduler_backend.program import ProgramState, StepResult, StopReason
+from scheduler_backend.code_behaviour import passes_tests
+from scheduler_backend.programs import CodeConsistency
 from scheduler_backend.programs.base import PolicyProgram, sample_answer
 from scheduler_backend.registry import create
 from scheduler_backend.runner import ProgramRunner
@@ -128,6 +131,16 @@ def load_traces(path: str | Path) -> list[dict[str, Any]]:
     return traces
 
 
+@functools.lru_cache(maxsize=4096)
+def _graded(source: str | None, tests: str, entry: str) -> bool:
+    return passes_tests(source, tests, entry)
+
+
+def grade(rec: Mapping[str, Any], source: str | None) -> bool:
+    """A code record's program against its hidden tests ("tests", "entry_point"), each source once."""
+    return _graded(source, rec["tests"], rec["entry_point"])
+
+
 def _note(history: list[dict[str, Any]], entry: dict[str, Any]) -> None:
     """Keep one history entry per knob count: a step that spends no knob unit (a reward score in
     a tree search) updates the entry of the count it belongs to."""
@@ -148,7 +161,8 @@ def read_traces(path: str | Path) -> list[dict[str, Any]]:
 
 async def record(engine: Any, program: str, records: Iterable[Mapping[str, Any]], options: dict[str, Any],
                  output: str | Path, concurrency: int = 8) -> int:
-    """Append one trace per record ({'id', 'question', 'gold'}) to `output` as each program ends;
+    """Append one trace per record ({'id', 'question', 'gold'}; code records add 'tests' and
+    'entry_point', which grade each sample's program) to `output` as each program ends;
     records whose id is already there are skipped, so an interrupted recording resumes. A program
     the engine failed is not written, and the run then raises. Returns how many were written."""
     output = Path(output)
@@ -164,8 +178,19 @@ async def record(engine: Any, program: str, records: Iterable[Mapping[str, Any]]
         history: list[dict[str, Any]] = []
         samples: list[dict[str, Any]] = []
         rewards: list[list[float]] = []
+        prog = create(program, rec["question"], options)
+        if not isinstance(prog, PolicyProgram):
+            raise TypeError(f"{program}: only programs with an allocation policy can be recorded")
+        grading: list[tuple[dict[str, Any], asyncio.Future[bool]]] = []  # code samples, graded off the loop
 
         def took(result: StepResult) -> None:
+            if isinstance(prog, CodeConsistency):  # it voted by behaviour; the hidden tests grade the source
+                n = len(result.samples)
+                for answer, source, s in zip(prog.answers[-n:], prog.sources[-n:], result.samples):
+                    sample = {"answer": answer, "tokens": s.num_tokens, "finish_reason": s.finish_reason, "correct": None}
+                    samples.append(sample)
+                    grading.append((sample, loop.run_in_executor(None, grade, rec, source)))
+                return
             for s in result.samples:
                 answer = sample_answer(s.text, s.finish_reason, answer_format)
                 samples.append({"answer": answer, "tokens": s.num_tokens, "finish_reason": s.finish_reason,
@@ -173,9 +198,7 @@ async def record(engine: Any, program: str, records: Iterable[Mapping[str, Any]]
             if result.scores:
                 rewards.append([round(x, 4) for x in result.scores])
 
-        prog = create(program, rec["question"], options)
-        if not isinstance(prog, PolicyProgram):
-            raise TypeError(f"{program}: only programs with an allocation policy can be recorded")
+        loop = asyncio.get_running_loop()
         prog.allocate(UniformPolicy())  # never stops early: the trace sees every step
         final = await runner.run(f"trace-{rec['id']}", prog, on_progress=lambda s: _note(history, _history_entry(s, gold)),
                                  on_result=took)
@@ -183,10 +206,17 @@ async def record(engine: Any, program: str, records: Iterable[Mapping[str, Any]]
         if final.stop_reason is StopReason.ERROR:  # not a trace of the program: left for a resumed run
             failed.append(f"{rec['id']}: {final.extra.get('error', 'engine error')}")
             return
+        correct = is_right(final.answer, gold)
+        if isinstance(prog, CodeConsistency):
+            for sample, verdict in grading:
+                sample["correct"] = await verdict
+            for entry in history:
+                entry["correct"] = await loop.run_in_executor(None, grade, rec, entry["answer"])
+            correct = await loop.run_in_executor(None, grade, rec, final.answer)
         trace = {"format": TRACE_FORMAT, "id": rec["id"], "program": program, "question": rec["question"], "gold": gold,
                  "level": rec.get("level"),
                  "budget": prog.budget, "options": options, "stop_reason": final.stop_reason,
-                 "correct": is_right(final.answer, gold), "samples": samples, "rewards": rewards, "history": history}
+                 "correct": correct, "samples": samples, "rewards": rewards, "history": history}
         sink.write(json.dumps(trace) + "\n")
         sink.flush()
 

@@ -13,7 +13,7 @@ from scheduler_backend.allocation import AllocationPolicy
 from scheduler_backend.answers import cluster_answers, extract_probe_answer, majority_answer
 from scheduler_backend.certaindex import entropy_certaindex
 from scheduler_backend.engine import SamplingSpec
-from scheduler_backend.program import GenerateStep, Step, StepResult
+from scheduler_backend.program import GenerateStep, Sample, Step, StepResult
 from scheduler_backend.programs.base import (
     PROBE_SAMPLING,
     PROBE_SUFFIX,
@@ -90,9 +90,13 @@ class SelfConsistency(PolicyProgram):
             self._issued = len(self.answers)
             return
         self._waiting = False
-        self.answers.extend(sample_answer(s.text, s.finish_reason, self.answer_format) for s in result.samples)
+        self.answers.extend(self.sample_answers(result.samples))
         self._issued = len(self.answers)  # samples the engine did not return are not spent
         self._consult()
+
+    def sample_answers(self, samples: Sequence[Sample]) -> list[str | None]:
+        """What each finished sample votes for: its final answer."""
+        return [sample_answer(s.text, s.finish_reason, self.answer_format) for s in samples]
 
     def certaindex(self) -> float:
         return entropy_certaindex(self.answers)

@@ -1,0 +1,232 @@
+"""Running model-written code without trusting it: each run is a fresh process tree in bubblewrap
+(no network, no other processes, its own private writable directory, the system's `/usr` read-only
+and nothing else of the host), as an unprivileged user id of its own when the server runs as root,
+under CPU-time, address-space, process-count and file-size limits and a wall-clock limit, after
+which everything it started is killed (its PID namespace ends with it).
+
+Where bubblewrap cannot run, code still runs in a child process as that user id (when root) with
+the same limits, in a new session that is killed as a group: the weaker fallback, which does not
+hide the network or the host's readable files. `Sandbox.isolation` says which one is in force and
+`Sandbox.warning` why, so the server can log it.
+
+What it does not protect against: kernel exploits (bubblewrap is namespaces and seccomp-free
+process isolation, not a VM), CPU and memory pressure on the host within the limits, and a program
+that forges the harness's result line (the result is a report of behaviour, not a security claim).
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HARNESS = Path(__file__).with_name("sandbox_harness.py")
+# The interpreter model code runs under: the distribution's, readable by any user, stdlib only.
+SYSTEM_PYTHON = "/usr/bin/python3"
+# bwrap's PID-namespace init can outlive bwrap as a zombie, and a host whose PID 1 reaps nothing (a
+# VM's init, tritonserver as a container's entrypoint) would keep it: the run goes under this reaper,
+# a child subreaper that waits for bwrap, reaps whatever was left to it and exits with bwrap's status.
+_REAPER = """
+import ctypes, os, sys
+ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+status = os.waitpid(pid, 0)[1]
+while True:
+    try:
+        os.wait()
+    except ChildProcessError:
+        break
+sys.exit(os.waitstatus_to_exitcode(status) % 256)
+"""
+UID_BASE = 61000  # each concurrent run gets its own uid from here, so process limits do not collide
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one run may use. `cpu_s` is CPU time, `wall_s` real time for the whole run."""
+
+    cpu_s: int = 10
+    wall_s: float = 15.0
+    memory_mb: int = 1024
+    processes: int = 32
+    output_bytes: int = 1 << 20  # any file it writes, its stdout and stderr included
+    call_s: float = 3.0  # each probe call or test, inside the run
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a run ended: `result` is the harness's report (None when it never wrote one), `failure`
+    says why not ("timeout", "killed by signal 11", "exit 1", ...); `stdout_tail` helps debugging."""
+
+    result: dict[str, Any] | None
+    failure: str
+    stdout_tail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.result is not None
+
+
+def _bwrap_usable(bwrap: str | None) -> str:
+    """"" when bubblewrap runs a trivial command here, else why not."""
+    if bwrap is None:
+        return "bubblewrap (bwrap) is not installed; `apt-get install bubblewrap` (scripts/setup.sh does, as root)"
+    try:
+        probe = subprocess.run([bwrap, "--unshare-all", "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib",
+                                "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/bin", "/bin", "/usr/bin/true"],
+                               capture_output=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"bubblewrap could not start: {e}"
+    if probe.returncode != 0:
+        return f"bubblewrap cannot create namespaces here: {probe.stderr.decode(errors='replace').strip()[:200]}"
+    return ""
+
+
+class Sandbox:
+    """Runs the harness on one program at a time per call; `run_many` runs several at once."""
+
+    def __init__(self, limits: Limits = Limits(), python: str = SYSTEM_PYTHON, max_parallel: int = 4,
+                 use_bwrap: bool | None = None):
+        self.limits = limits
+        self.python = python
+        bwrap = shutil.which("bwrap")
+        why_not = _bwrap_usable(bwrap) if use_bwrap is not False else "bubblewrap turned off"
+        self.bwrap = bwrap if not why_not else None
+        self.as_root = os.geteuid() == 0
+        self.isolation = "bubblewrap" if self.bwrap else "rlimits"
+        self.warning = "" if self.bwrap else (
+            f"code sandbox: {why_not}. Falling back to limits only: no network or filesystem isolation")
+        if not Path(python).exists():
+            raise RuntimeError(f"code sandbox: {python} not found; `apt-get install python3-minimal`")
+        self._harness = HARNESS.read_bytes()
+        self._slots: queue.Queue[int] = queue.Queue()
+        for slot in range(max_parallel):
+            self._slots.put(slot)
+        self._pool = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="sandbox")
+
+    def run(self, request: dict[str, Any]) -> RunResult:
+        """Run the harness on `request` (see sandbox_harness.py) and return what it reported."""
+        slot = self._slots.get()  # waits while `max_parallel` runs are out
+        try:
+            return self._run(request, UID_BASE + slot)
+        finally:
+            self._slots.put(slot)
+
+    def run_many(self, requests: Sequence[dict[str, Any]]) -> list[RunResult]:
+        return list(self._pool.map(self.run, requests))
+
+    def _command(self, workdir: Path, harness: Path) -> list[str]:
+        inner = [self.python, "-I", "-S", "-B", "/sandbox/harness.py" if self.bwrap else str(harness)]
+        if not self.bwrap:
+            return inner
+        return [self.python, "-I", "-S", "-c", _REAPER, self.bwrap, "--unshare-all", "--die-with-parent", "--new-session",
+                "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
+                "--symlink", "usr/bin", "/bin", "--proc", "/proc", "--dev", "/dev",
+                "--bind", str(workdir), "/work", "--ro-bind", str(harness), "/sandbox/harness.py",
+                "--chdir", "/work", "--setenv", "HOME", "/work", "--setenv", "TMPDIR", "/work",
+                "--setenv", "PATH", "/usr/bin", "--setenv", "PYTHONHASHSEED", "0", "--", *inner]
+
+    def _preexec(self, uid: int) -> Any:
+        limits = self.limits
+
+        def apply() -> None:
+            import resource
+
+            os.setsid()
+            resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 1))
+            resource.setrlimit(resource.RLIMIT_AS, (limits.memory_mb << 20,) * 2)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limits.output_bytes,) * 2)
+            resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes,) * 2)
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            if self.as_root:
+                os.setgroups([])
+                os.setgid(uid)
+                os.setuid(uid)
+        return apply
+
+    def _kill_uid(self, uid: int) -> None:
+        """As root: whatever still runs under the run's uid (a daemon that left its session in the
+        fallback) is killed by a process of that uid."""
+        def become() -> None:
+            os.setgid(uid)
+            os.setuid(uid)
+        subprocess.run([self.python, "-I", "-S", "-c", "import os, signal; os.kill(-1, signal.SIGKILL)"],
+                       preexec_fn=become, check=False, timeout=30, capture_output=True)
+
+    def _run(self, request: dict[str, Any], uid: int) -> RunResult:
+        request = {**request, "call_s": self.limits.call_s}
+        with tempfile.TemporaryDirectory(prefix="dynasor-sandbox-") as tmp:
+            os.chmod(tmp, 0o711)  # the run's uid passes through to its own folder, nothing else
+            workdir = Path(tmp) / "work"
+            workdir.mkdir()
+            harness = Path(tmp) / "harness.py"  # a copy: the project's folder may be closed to the uid
+            harness.write_bytes(self._harness)
+            harness.chmod(0o644)
+            if self.as_root:
+                os.chown(workdir, uid, uid)
+            stdout = Path(tmp) / "stdout"
+            result_path = workdir / ".result"
+            env = {"PATH": "/usr/bin", "PYTHONHASHSEED": "0", "HOME": str(workdir), "TMPDIR": str(workdir),
+                   "DYNASOR_RESULT": "/work/.result" if self.bwrap else str(result_path)}
+            with open(stdout, "wb") as out:
+                proc = subprocess.Popen(self._command(workdir, harness), stdin=subprocess.PIPE, stdout=out, stderr=out,
+                                        cwd=workdir, env=env, preexec_fn=self._preexec(uid), close_fds=True)
+                failure = ""
+                try:
+                    proc.communicate(json.dumps(request).encode(), timeout=self.limits.wall_s)
+                except subprocess.TimeoutExpired:
+                    failure = "timeout"
+                except BrokenPipeError:
+                    pass
+                finally:
+                    _kill_group(proc)
+                    if self.as_root:
+                        self._kill_uid(uid)
+            code = proc.returncode
+            signum = -code if code < 0 else code - 128 if code > 128 else 0  # bwrap reports 128 + signal
+            if not failure and code:
+                failure = {signal.SIGXCPU: "cpu time limit", signal.SIGXFSZ: "output size limit"}.get(
+                    signum, f"killed by signal {signum}" if signum else f"exit {code}")
+            tail = stdout.read_bytes()[-2000:].decode(errors="replace") if stdout.exists() else ""
+            result = None
+            try:
+                result = json.loads(result_path.read_text()) if result_path.is_file() else None
+            except (OSError, ValueError):
+                failure = failure or "unreadable result"
+            if result is None and not failure:
+                failure = "no result"
+            return RunResult(result if isinstance(result, dict) else None, failure, tail)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the run's session: bwrap (whose PID namespace dies with it) or, in the fallback, every
+    process the code started that stayed in its session."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+_default: Sandbox | None = None
+_default_lock = threading.Lock()
+
+
+def default_sandbox() -> Sandbox:
+    """The process's shared sandbox, made on first use (it probes bubblewrap once)."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Sandbox()
+        return _default

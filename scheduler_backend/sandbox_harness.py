@@ -1,0 +1,91 @@
+"""Runs inside the sandbox under the system Python (stdlib only, no project import): reads one JSON
+request on stdin, runs the candidate source, and writes one JSON report to $DYNASOR_RESULT.
+
+Request: {"source": str, "entry_point": str, "call_s": float} and either
+  "calls": [expression, ...]  -> {"defined": bool, "error": str, "outcomes": [str, ...]}
+    (each outcome "=" + canonical repr of the value, or "!" + the exception's type name), or
+  "test": str                 -> {"defined": bool, "error": str, "passed": bool}
+    (the test code defines check(candidate); it is called with the entry point).
+"""
+import json
+import os
+import signal
+import sys
+
+
+class CallTimeout(BaseException):
+    """Raised by the alarm; a BaseException so that a bare `except Exception` in the code cannot
+    swallow it."""
+
+
+def _alarm(signum, frame):
+    raise CallTimeout()
+
+
+def canonical(value, depth=0):
+    """A repr that two programs computing the same value share: floats to 9 significant digits."""
+    if depth > 20:
+        return "..."
+    if isinstance(value, float):
+        return format(value, ".9g")
+    if isinstance(value, (list, tuple)):
+        inner = ",".join(canonical(v, depth + 1) for v in value)
+        return ("[%s]" if isinstance(value, list) else "(%s)") % inner
+    if isinstance(value, dict):
+        items = sorted((canonical(k, depth + 1), canonical(v, depth + 1)) for k, v in value.items())
+        return "{%s}" % ",".join(f"{k}:{v}" for k, v in items)
+    if isinstance(value, (set, frozenset)):
+        return "set(%s)" % ",".join(sorted(canonical(v, depth + 1) for v in value))
+    return repr(value)[:1000]
+
+
+def timed(call_s, fn, *args):
+    signal.setitimer(signal.ITIMER_REAL, call_s)
+    try:
+        return fn(*args)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def main():
+    request = json.loads(sys.stdin.read())
+    result_path = os.environ.pop("DYNASOR_RESULT")
+    signal.signal(signal.SIGALRM, _alarm)
+    call_s = float(request["call_s"])
+    namespace = {"__name__": "__candidate__"}
+    report = {"defined": False, "error": ""}
+    try:
+        timed(call_s, exec, compile(request["source"], "<candidate>", "exec"), namespace)
+        report["defined"] = callable(namespace.get(request["entry_point"]))
+    except CallTimeout:
+        report["error"] = "Timeout"
+    except BaseException as e:  # noqa: BLE001 - any failure of model code is its outcome
+        report["error"] = type(e).__name__
+    if "calls" in request:
+        outcomes = []
+        for expr in request["calls"] if report["defined"] else []:
+            try:
+                outcomes.append("=" + canonical(timed(call_s, eval, expr, namespace)))
+            except CallTimeout:
+                outcomes.append("!Timeout")
+            except BaseException as e:  # noqa: BLE001
+                outcomes.append("!" + type(e).__name__)
+        report["outcomes"] = outcomes
+    else:
+        passed = False
+        if report["defined"]:
+            try:
+                timed(call_s, exec, compile(request["test"], "<test>", "exec"), namespace)
+                timed(call_s, namespace["check"], namespace[request["entry_point"]])
+                passed = True
+            except BaseException as e:  # noqa: BLE001
+                report["error"] = "test: " + type(e).__name__
+        report["passed"] = passed
+    with open(result_path, "w") as f:
+        json.dump(report, f)
+    sys.stdout.flush()
+    os._exit(0)  # no atexit handlers or finalizers of the candidate's
+
+
+if __name__ == "__main__":
+    main()
