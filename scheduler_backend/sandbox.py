@@ -196,7 +196,7 @@ class Sandbox:
             code = proc.returncode
             signum = -code if code < 0 else code - 128 if code > 128 else 0  # bwrap reports 128 + signal
             if not failure and code:
-                failure = {signal.SIGXCPU: "cpu time limit", signal.SIGXFSZ: "output size limit"}.get(
+                failure = {int(signal.SIGXCPU): "cpu time limit", int(signal.SIGXFSZ): "output size limit"}.get(
                     signum, f"killed by signal {signum}" if signum else f"exit {code}")
             tail = stdout.read_bytes()[-2000:].decode(errors="replace") if stdout.exists() else ""
             result = None

@@ -7,10 +7,14 @@ Request: {"source": str, "entry_point": str, "call_s": float} and either
   "test": str                 -> {"defined": bool, "error": str, "passed": bool}
     (the test code defines check(candidate); it is called with the entry point).
 """
+from __future__ import annotations
+
 import json
 import os
 import signal
 import sys
+from collections.abc import Callable
+from typing import Any
 
 
 class CallTimeout(BaseException):
@@ -18,11 +22,11 @@ class CallTimeout(BaseException):
     swallow it."""
 
 
-def _alarm(signum, frame):
+def _alarm(signum: int, frame: Any) -> None:
     raise CallTimeout()
 
 
-def canonical(value, depth=0):
+def canonical(value: Any, depth: int = 0) -> str:
     """A repr that two programs computing the same value share: floats to 9 significant digits."""
     if depth > 20:
         return "..."
@@ -30,16 +34,16 @@ def canonical(value, depth=0):
         return format(value, ".9g")
     if isinstance(value, (list, tuple)):
         inner = ",".join(canonical(v, depth + 1) for v in value)
-        return ("[%s]" if isinstance(value, list) else "(%s)") % inner
+        return f"[{inner}]" if isinstance(value, list) else f"({inner})"
     if isinstance(value, dict):
         items = sorted((canonical(k, depth + 1), canonical(v, depth + 1)) for k, v in value.items())
-        return "{%s}" % ",".join(f"{k}:{v}" for k, v in items)
+        return "{" + ",".join(f"{k}:{v}" for k, v in items) + "}"
     if isinstance(value, (set, frozenset)):
-        return "set(%s)" % ",".join(sorted(canonical(v, depth + 1) for v in value))
+        return "set(" + ",".join(sorted(canonical(v, depth + 1) for v in value)) + ")"
     return repr(value)[:1000]
 
 
-def timed(call_s, fn, *args):
+def timed(call_s: float, fn: Callable[..., Any], *args: Any) -> Any:
     signal.setitimer(signal.ITIMER_REAL, call_s)
     try:
         return fn(*args)
@@ -47,13 +51,13 @@ def timed(call_s, fn, *args):
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
-def main():
+def main() -> None:
     request = json.loads(sys.stdin.read())
     result_path = os.environ.pop("DYNASOR_RESULT")
     signal.signal(signal.SIGALRM, _alarm)
     call_s = float(request["call_s"])
-    namespace = {"__name__": "__candidate__"}
-    report = {"defined": False, "error": ""}
+    namespace: dict[str, Any] = {"__name__": "__candidate__"}
+    report: dict[str, Any] = {"defined": False, "error": ""}
     try:
         timed(call_s, exec, compile(request["source"], "<candidate>", "exec"), namespace)
         report["defined"] = callable(namespace.get(request["entry_point"]))

@@ -25,9 +25,9 @@ from tqdm import tqdm
 
 from scheduler_backend.allocation import UniformPolicy
 from scheduler_backend.answers import answers_equal
+from scheduler_backend.code_behaviour import passes_tests
 from scheduler_backend.errors import RequestError
 from scheduler_backend.program import ProgramState, StepResult, StopReason
-from scheduler_backend.code_behaviour import passes_tests
 from scheduler_backend.programs import CodeConsistency
 from scheduler_backend.programs.base import PolicyProgram, sample_answer
 from scheduler_backend.registry import create

@@ -40,3 +40,15 @@ fi
 $VENV/bin/python -m pip install -q --no-deps --no-build-isolation -e . >$VENV/editable-install.log 2>&1 \
   || { cat $VENV/editable-install.log; exit 1; }
 $VENV/bin/python -m serving.models all
+# The `code` program runs model-written code in bubblewrap under the distribution's Python
+# (scheduler_backend/sandbox.py). As root with apt, install them; otherwise say what is missing:
+# code programs then run in the weaker rlimits-only fallback, or not at all without /usr/bin/python3.
+if ! command -v bwrap >/dev/null 2>&1 || [ ! -x /usr/bin/python3 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get install -y -q bubblewrap python3-minimal >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q bubblewrap python3-minimal >/dev/null; }) \
+      && echo "setup: installed bubblewrap for the code sandbox"
+  else
+    echo "setup: bubblewrap or /usr/bin/python3 missing and not root with apt-get: install them for the code sandbox" >&2
+  fi
+fi

@@ -33,8 +33,15 @@ def dynasor_parameter(key: str) -> str:
     return found.group(1)
 
 
-def default_allocation() -> tuple[str, AllocationPolicy]:
-    """The dynasor server's default allocation (config.pbtxt `default_allocation`, NAME[:ENTRY] of
-    a shipped calibration) and its spec, as the server loads it."""
-    spec = dynasor_parameter("default_allocation")
-    return spec, load_calibration(spec, MODEL_REPOSITORY / "dynasor" / "1" / dynasor_parameter("calibration_dir"))
+def default_allocation(program: str = "self-consistency") -> tuple[str, AllocationPolicy]:
+    """The dynasor server's default allocation for `program` (config.pbtxt `default_allocation`:
+    NAME[:ENTRY] of shipped calibrations, comma-separated, one per program) and its spec, as the
+    server loads it."""
+    folder = MODEL_REPOSITORY / "dynasor" / "1" / dynasor_parameter("calibration_dir")
+    for spec in (s.strip() for s in dynasor_parameter("default_allocation").split(",") if s.strip()):
+        doc = json.loads((folder / f"{spec.partition(':')[0]}.json").read_text())
+        if doc.get("program", "self-consistency") == program:
+            return spec, load_calibration(spec, folder)
+    raise KeyError(f"dynasor config.pbtxt: default_allocation has no calibration for {program}")
+
+

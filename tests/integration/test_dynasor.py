@@ -191,3 +191,25 @@ def test_cli_ask_and_solve(server, tmp_path, capsys):
     assert len(rows) == 2 and all(r["gold"] == "8" and isinstance(r["correct"], bool) for r in rows)
     assert main(["ask", QUESTION, "--url", server.grpc_url, "--budget", "-1"]) == 2
     assert "options.budget" in capsys.readouterr().err
+
+
+CODE_QUESTION = 'def add(a: int, b: int) -> int:\n    """Return a + b.\n    >>> add(2, 3)\n    5\n    """\n'
+
+
+def test_a_code_program_votes_by_behaviour_in_the_sandbox_and_answers_with_a_program(server):
+    """SmolLM2 writes poor code; what must hold is the plumbing: samples ran in the sandbox (each
+    finished sample is either in a behaviour cluster or counted as no answer), and an answer is the
+    question's program, runnable source that defines the function."""
+    progress = []
+    result = DynasorClient(server.grpc_url).solve(CODE_QUESTION, "code", {"budget": 4, "round_size": 2,
+                                                                         "max_tokens": 96, "temperature": 0.3},
+                                                  on_progress=progress.append)
+    assert result.final and result.stop_reason in ("settled", "cap", "hopeless") and 2 <= result.steps <= 4
+    clusters, no_answer = result.details["clusters"], result.details["no_answer"]
+    assert sum(c["size"] for c in clusters) + no_answer == result.steps
+    assert all(c["answer"].startswith("behaviour:") for c in clusters)
+    if result.answer is not None:
+        assert result.answer.startswith(CODE_QUESTION.rstrip()) and "def add" in result.answer
+        compile(result.answer, "<answer>", "exec")
+    with pytest.raises(ProgramError, match="text_input: a code question"):
+        DynasorClient(server.grpc_url).solve("What is 2 + 3?", "code", {"budget": 2})

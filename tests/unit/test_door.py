@@ -136,7 +136,7 @@ def test_the_default_allocation_is_a_shipped_calibration_for_the_program_it_was_
            "curve": {"kind": "curve", "a": 6.0, "b": 2.0, "detect_step": 4}}
     (tmp_path / "cal.json").write_text(json.dumps(doc))
     default = default_allocation("cal:curve", tmp_path)
-    assert default is not None and default.policy["kind"] == "curve" and default.policy["a"] == 6.0
+    assert default is not None and default.policies["self-consistency"]["a"] == 6.0
 
     def request(options=None, program=None):
         return parse_program_request(Q, program, None if options is None else json.dumps(options), {},
@@ -150,3 +150,17 @@ def test_the_default_allocation_is_a_shipped_calibration_for_the_program_it_was_
     assert default_allocation("", tmp_path) is None
     with pytest.raises(RequestError, match="parameters.default_allocation: no calibration named 'missing'"):
         default_allocation("missing", tmp_path)
+    with pytest.raises(RequestError, match="parameters.default_allocation: two calibrations for self-consistency"):
+        default_allocation("cal, cal:curve", tmp_path)
+
+
+def test_each_program_gets_the_default_calibration_fitted_on_it(tmp_path):
+    for name, program, settle in (("math", "self-consistency", 0.6), ("code", "code", 0.9)):
+        doc = {"program": program, "policy": {"kind": "threshold", "settle": settle, "detect_step": 2}}
+        (tmp_path / f"{name}.json").write_text(json.dumps(doc))
+    default = default_allocation("math, code", tmp_path)
+    question = 'def f(x: int) -> int:\n    """x + 1.\n    >>> f(1)\n    2\n    """\n'
+    for program, settle in (("self-consistency", 0.6), ("code", 0.9)):
+        built = parse_program_request(question, program, None, {}, default_program="self-consistency", limits=Limits(),
+                                      max_deadline_s=60, calibration_dir=tmp_path, default=default).program
+        assert built.policy.settle == settle

@@ -27,12 +27,26 @@ from scheduler_backend.errors import RequestError  # noqa: E402
 from scheduler_backend.program import ProgramState, StopReason  # noqa: E402
 from scheduler_backend.registry import Limits, load_plugins  # noqa: E402
 from scheduler_backend.runner import ProgramRunner  # noqa: E402
+from scheduler_backend.sandbox import default_sandbox  # noqa: E402
 from scheduler_backend.scheduler import Scheduler, SchedulingPolicy  # noqa: E402
 from serving.door_json import dump_json, parse_json  # noqa: E402
 from serving.reaper import start_reaper  # noqa: E402
 from serving.triton_model import Metrics, parameters, scalar_input, send_error, text  # noqa: E402
 
 _CERTAINDEX_BUCKETS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0]
+
+
+def _report_sandbox() -> None:
+    """Say at load how the `code` program's sandbox isolates model-written code, or why it cannot."""
+    try:
+        box = default_sandbox()
+    except RuntimeError as e:
+        pb_utils.Logger.log_error(f"[dynasor] code programs cannot run: {e}")
+        return
+    if box.warning:
+        pb_utils.Logger.log_warn(f"[dynasor] {box.warning}")
+    else:
+        pb_utils.Logger.log_info(f"[dynasor] code sandbox: {box.isolation}, limits {box.limits}")
 
 
 class TritonPythonModel:
@@ -60,6 +74,7 @@ class TritonPythonModel:
         plugins = [x.strip() for x in p.get("plugins", "").split(",") if x.strip()]
         if plugins:
             load_plugins(plugins)
+        _report_sandbox()
         calls = int(p.get("max_concurrent_bls_calls", "256"))
         engine = p.get("engine", "grpc")
         if engine == "grpc":

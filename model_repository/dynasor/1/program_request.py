@@ -63,20 +63,27 @@ def _calibration(name: Any, calibration_dir: Path | None, field: str = "options.
 
 @dataclass(frozen=True)
 class DefaultAllocation:
-    """The server's allocation for requests that choose none: a shipped calibration, applied to
+    """The server's allocation for requests that choose none: shipped calibrations, each applied to
     the program it was fitted on (certaindex means something else in another program)."""
 
-    program: str
-    policy: dict[str, Any]
+    policies: dict[str, dict[str, Any]]  # program -> policy
 
 
 def default_allocation(spec: str, calibration_dir: Path) -> DefaultAllocation | None:
-    """config.pbtxt `default_allocation` ("" or NAME[:curve]) read once at load; errors name it."""
-    if not spec:
+    """config.pbtxt `default_allocation` ("" or NAME[:curve], comma-separated, one per program)
+    read once at load; errors name it."""
+    names = [name.strip() for name in spec.split(",") if name.strip()]
+    if not names:
         return None
-    policy = _calibration(spec, calibration_dir, "parameters.default_allocation")
-    doc = json.loads((calibration_dir / f"{spec.partition(':')[0]}.json").read_text())
-    return DefaultAllocation(str(doc.get("program", "self-consistency")), policy)
+    policies: dict[str, dict[str, Any]] = {}
+    for name in names:
+        policy = _calibration(name, calibration_dir, "parameters.default_allocation")
+        doc = json.loads((calibration_dir / f"{name.partition(':')[0]}.json").read_text())
+        program = str(doc.get("program", "self-consistency"))
+        if program in policies:
+            raise RequestError(f"parameters.default_allocation: two calibrations for {program}; name one per program")
+        policies[program] = policy
+    return DefaultAllocation(policies)
 
 
 @dataclass
@@ -136,7 +143,7 @@ def parse_program_request(
         if "allocation" in options:
             raise RequestError("options.calibration: give either calibration or allocation, not both")
         options["allocation"] = _calibration(options.pop("calibration"), calibration_dir)
-    elif default is not None and program_name == default.program and not _ALLOCATION_KEYS & set(options):
-        options["allocation"] = default.policy
+    elif default is not None and program_name in default.policies and not _ALLOCATION_KEYS & set(options):
+        options["allocation"] = default.policies[program_name]
     built = create(program_name, question_text, options, limits)
     return ProgramRequest(question_text, program_name, built, deadline_s, progress, client_id)
