@@ -3,11 +3,12 @@ docs/results/batch.md, a markdown fragment) regenerated from the committed trace
 (data/traces/*.jsonl), in well under a minute and with no engine: each policy is replayed on the
 traces' eval split (scheduler_backend/tradeoffs.py), its curves fitted on the fit split.
 
-For self-consistency on GSM8K it prints the headline: the tokens each policy needs to reach
-uniform's best accuracy, as ratios to uniform and to the oracle (the Dynasor paper's Table 4).
-Then the server's default allocation (config.pbtxt `default_allocation`) on the self-consistency
-traces of every other data set: tokens against the uniform budget and questions lost, on the same
-samples (scheduler_backend/tradeoffs.py `transfer`).
+For self-consistency on GSM8K and the code program on HumanEval it prints the headlines: the tokens
+each policy needs to reach uniform's best accuracy, as ratios to uniform and to the oracle (the
+Dynasor paper's Table 4).
+Then the server's default allocation for each program (config.pbtxt `default_allocation`) on the
+questions it was not fitted on, at budgets 8 and 16: tokens against the uniform budget and
+questions lost, on the same samples (scheduler_backend/tradeoffs.py `transfer`).
 """
 from __future__ import annotations
 
@@ -18,16 +19,17 @@ from pathlib import Path
 from client.replay import plot, report
 from scheduler_backend.calibrate import describe
 from scheduler_backend.registry import defaults
-from scheduler_backend.replay import ORDERINGS, build_table
-from scheduler_backend.traces import load_traces
+from scheduler_backend.replay import ORDERINGS, SAMPLE_VOTERS, build_table, capped
+from scheduler_backend.traces import load_traces, split_of
 from scheduler_backend.tradeoffs import NEAR, Analysis, Reach, Transfer, analyse, format_reach, transfer
 from serving.model_config import default_allocation
 
 ROOT = Path(__file__).resolve().parents[1]
-HEADLINE = ("gsm8k", "self-consistency")  # (trace file prefix, program) of the printed headline
+HEADLINES = (("gsm8k", "self-consistency"), ("humaneval", "code"))  # (trace file prefix, program) of the printed headlines
 # Traces keep every sample, so self-consistency replays in the rounds a server runs by default,
 # whatever rounds the recording used.
 SERVER_ROUND = int(defaults("self-consistency")["round_size"])
+TRANSFER_BUDGETS = (8, 16)  # budgets a request may name, at which the default allocations are replayed
 
 
 def _ratio(value: float | None) -> str:
@@ -55,18 +57,36 @@ def markdown(name: str, analysis: Analysis, image: str) -> str:
     return "\n".join(lines)
 
 
-def transfer_markdown(spec: str, rows: list[tuple[str, Transfer]]) -> str:
-    """The default allocation on data sets it was not fitted on, as a batch.md section."""
-    lines = [f"### The default allocation on data sets it was not fitted on (`{spec}`)", "",
-             "Replayed on every question of each file, against the uniform budget on the same samples (a question is lost when "
-             "the cap's answer was right and the allocation's, from a prefix of the same samples, is not); means over the "
-             "orderings, worst ordering in brackets.", "",
-             "| traces | questions | tokens x uniform | lost per 16 | gained per 16 | accuracy uniform | accuracy default |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for name, t in rows:
-        lines.append(f"| {name} | {t.questions} | {t.tokens_ratio:.2f} ({t.tokens_ratio_max:.2f}) | {t.lost_per_16:.2f} "
-                     f"({t.lost_per_16_max:.2f}) | {t.gained_per_16:.2f} | {t.accuracy_uniform:.3f} | {t.accuracy_policy:.3f} |")
+def transfer_markdown(rows: list[tuple[str, str, int, Transfer]]) -> str:
+    """The default allocations on held-out questions at the budgets a request may name, as a batch.md section."""
+    lines = ["### The default allocations on questions they were not fitted on, at budgets 8 and 16", "",
+             "Each program's shipped calibration (config.pbtxt `default_allocation`) replayed on the eval half of the set "
+             "it was fitted on and on every question of the other sets, capped at the request's budget, against the "
+             "uniform budget on the same samples (a question is lost when the cap's answer was right and the allocation's, "
+             "from a prefix of the same samples, is not); means over the orderings, worst ordering in brackets.", "",
+             "| traces | default | budget | questions | tokens x uniform | lost per 16 | gained per 16 | accuracy uniform | accuracy default |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, spec, budget, t in rows:
+        lines.append(f"| {name} | `{spec}` | {budget} | {t.questions} | {t.tokens_ratio:.2f} ({t.tokens_ratio_max:.2f}) "
+                     f"| {t.lost_per_16:.2f} ({t.lost_per_16_max:.2f}) | {t.gained_per_16:.2f} | {t.accuracy_uniform:.3f} "
+                     f"| {t.accuracy_policy:.3f} |")
     return "\n".join(lines)
+
+
+def default_transfers(name: str, program: str, traces: list[dict], orderings: int, round_size: int | None
+                      ) -> list[tuple[str, str, int, Transfer]]:
+    """The program's default allocation on these traces at budgets 8 and 16: only their eval half
+    when the calibration was fitted on this set (by its name), none without a default."""
+    try:
+        spec, default = default_allocation(program)
+    except KeyError:
+        return []
+    if name.startswith(spec.split("-")[0]):
+        traces = [t for t in traces if split_of(t["id"]) == "eval"]
+        name += " (eval half)"
+    table = build_table(traces, orderings, round_size=round_size)
+    return [(name, spec, budget, transfer(capped(table, budget), default))
+            for budget in TRANSFER_BUDGETS if budget <= int(table.budget.min())]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,9 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench-batch: no trace files in {args.traces} (record some with `dynasor record`)")
         return 1
     out = Path(args.out)
-    sections, headline, transfers = [], None, []
-    spec, default = default_allocation()
-    fitted_on = spec.split("-")[0]  # the data set the shipped calibration was fitted on, by its name
+    sections, headlines, transfers = [], {}, []
     for path in files:
         traces = load_traces(path)
         programs = sorted({t["program"] for t in traces})
@@ -95,26 +113,26 @@ def main(argv: list[str] | None = None) -> int:
             plot([analysis], out / f"{name}.png", title=name)
             print(f"== {name}\n{report(analysis)}\n")
             sections.append(markdown(name, analysis, f"{name}.png"))
-            if path.stem.startswith(HEADLINE[0]) and program == HEADLINE[1] and headline is None:
-                headline = (name, analysis)
-            if program == "self-consistency" and not path.stem.startswith(fitted_on):
+            for prefix, headline_program in HEADLINES:
+                if path.stem.startswith(prefix) and program == headline_program and prefix not in headlines:
+                    headlines[prefix] = (name, analysis)
+            if program in SAMPLE_VOTERS:
                 own = [t for t in traces if t["program"] == program]
-                transfers.append((name, transfer(build_table(own, args.orderings, round_size=args.round_size or None), default)))
+                transfers += default_transfers(name, program, own, args.orderings, args.round_size or None)
     if transfers:
-        sections.append(transfer_markdown(spec, transfers))
+        sections.append(transfer_markdown(transfers))
     intro = ("<!-- generated by `make bench-batch` (benchmarks/bench_batch.py) from data/traces/*.jsonl; do not edit -->\n\n"
              "Each policy replayed on programs recorded to their cap: tokens per question each needs to reach the best "
              "accuracy of a uniform budget, on the eval split (questions the fitted policies never saw), "
              f"means over {args.orderings} sample orderings.\n")
     out.mkdir(parents=True, exist_ok=True)
     (out / "batch.md").write_text(intro + "\n" + "\n\n".join(sections) + "\n")
-    if headline is not None:
-        name, analysis = headline
+    for name, analysis in headlines.values():
         print(f"== headline: {analysis.program} on {name}, eval split\n{format_reach(analysis.target, analysis.reach, analysis.near)}\n")
-    for name, t in transfers:
-        print(f"== default allocation {spec} on {name} ({t.questions} questions, not fitted on): {t.tokens_ratio:.2f}x the uniform "
-              f"budget's tokens, {t.lost_per_16:.2f} questions lost per 16 (worst ordering {t.lost_per_16_max:.2f}), "
-              f"{t.gained_per_16:.2f} gained")
+    for name, spec, budget, t in transfers:
+        print(f"== default allocation {spec} on {name} ({t.questions} questions, not fitted on), budget {budget}: "
+              f"{t.tokens_ratio:.2f}x the uniform budget's tokens, {t.lost_per_16:.2f} questions lost per 16 "
+              f"(worst ordering {t.lost_per_16_max:.2f}), {t.gained_per_16:.2f} gained")
     print(f"wrote {len(sections)} plots and {out / 'batch.md'} in {time.perf_counter() - start:.1f} s")
     return 0
 

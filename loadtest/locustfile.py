@@ -89,9 +89,11 @@ def _arguments(parser: LocustArgumentParser) -> None:
     group.add_argument("--deadline-grace-s", type=float, default=0.5, help="time allowed for the answer's trip back")
     group.add_argument("--grpc-url", default="127.0.0.1:8001", help="the server's gRPC host:port (DynasorGrpcUser, BaselineUser)")
     group.add_argument("--http-url", default="127.0.0.1:8000", help="the server's HTTP host:port (DynasorHttpUser)")
-    group.add_argument("--dataset", default="grade-school", choices=["grade-school", "gsm8k"])
+    group.add_argument("--dataset", default="grade-school", choices=["grade-school", "gsm8k", "humaneval"],
+                       help="humaneval: code questions; use with --program code (the baseline then votes by behaviour too)")
     group.add_argument("--questions", type=int, default=0, help="draw from the first N questions of the test split (0: all)")
-    group.add_argument("--program", default="self-consistency", help="the dynasor program; the baseline is always self-consistency")
+    group.add_argument("--program", default="self-consistency",
+                       help="the dynasor program; the baseline is fixed-n sampling, voted as self-consistency or, for code, by behaviour")
     group.add_argument("--budget", type=int, default=8, help="dynasor's budget, and the baseline's n")
     group.add_argument("--max-tokens", type=int, default=640, help="tokens per sample, both")
     group.add_argument("--dynasor-options", default="{}", help="more dynasor options as a JSON object (win over the above)")
@@ -233,16 +235,21 @@ class DynasorHttpUser(_DynasorUser):
 
 
 class BaselineUser(_ProgramUser):
-    """Fixed-n self-consistency straight to `policy`, voted in the client, cut at the deadline."""
+    """Fixed-n self-consistency straight to `policy`, voted in the client, cut at the deadline; on
+    code questions the samples' programs vote by behaviour, as the `code` program's do."""
 
     request_type = "baseline"
 
     @property
+    def code(self) -> bool:
+        return self.o.program == "code"
+
+    @property
     def program_name(self) -> str:
-        return "self-consistency"
+        return "code" if self.code else "self-consistency"
 
     def solve(self, problem: Problem) -> Outcome:
-        call = GenerateCall(request_id=uuid.uuid4().hex, messages=solve_messages(problem.question),
+        call = GenerateCall(request_id=uuid.uuid4().hex, messages=solve_messages(problem.question, "code" if self.code else "math"),
                             sampling=SamplingSpec(n=self.o.budget, max_tokens=self.o.max_tokens, temperature=0.5, top_p=1.0, top_k=50))
         samples = SampleAccumulator()
         stream = StreamCall(self.o.grpc_url, "policy", policy_inputs(call), request_id=call.request_id, timeout_s=self._limit_s() + 5)
@@ -252,7 +259,8 @@ class BaselineUser(_ProgramUser):
                     samples.add(decode_deltas(response.outputs))
         finally:
             stream.close()  # at the deadline: cancels the samples still running
-        return Outcome(samples.answer(), samples.tokens, True, "deadline" if samples.finished < self.o.budget else "finished",
+        answer = samples.program_answer(problem.question) if self.code else samples.answer()
+        return Outcome(answer, samples.tokens, True, "deadline" if samples.finished < self.o.budget else "finished",
                        samples.finished)
 
 

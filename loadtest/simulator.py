@@ -52,7 +52,7 @@ from scheduler_backend.programs.self_consistency import SelfConsistency
 from scheduler_backend.prompts import solve_messages
 from scheduler_backend.runner import ProgramRunner
 from scheduler_backend.scheduler import Scheduler
-from scheduler_backend.traces import is_right, load_traces
+from scheduler_backend.traces import answer_correct, load_traces
 from serving.model_config import default_allocation
 
 
@@ -225,7 +225,7 @@ async def _simulate(system: System, arrival_list: list[tuple[float, Mapping[str,
         last[0] = max(last[0], loop.time())
         samples.forget(pid)
         records.append(ProgramRecord(user_class=system.name, latency_s=latency, deadline_s=deadline_s, answer=outcome.answer,
-                                     correct=is_right(outcome.answer, trace.get("gold")) is True, tokens=outcome.tokens, error=error,
+                                     correct=answer_correct(trace, outcome.answer), tokens=outcome.tokens, error=error,
                                      grace_s=config.grace_s, question_id=str(trace.get("id", "")), stop_reason=outcome.stop_reason,
                                      steps=outcome.steps, probed=outcome.probed))
         outcomes.append(ProgramOutcome(pid, at, latency, replica.engine.alone_s.pop(pid, None)))

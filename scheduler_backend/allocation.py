@@ -229,7 +229,9 @@ class CurvePolicy(AllocationPolicy):
     allocation): at the detection step the program's total budget becomes the steps spent there plus
     a * exp(-b * certaindex), in whole knob units, at most the cap; it stops once it has spent that,
     even if certaindex drops later. `dynamic` re-predicts that total from the current certaindex at
-    every consult (the detection step's steps stay the base).
+    every consult (the detection step's steps stay the base). `settle` (the paper's refined
+    strategy): a program whose certaindex at the detection step is already at least this stops
+    there, whatever the curve would still give it, so agreeing first samples cost no more at any budget.
     """
 
     kind: ClassVar[str] = "curve"
@@ -239,10 +241,12 @@ class CurvePolicy(AllocationPolicy):
     hopeless: float | None = None
     hopeless_step: int | None = None
     dynamic: bool = False
+    settle: float | None = None
 
     def __post_init__(self) -> None:
         Curve(self.a, self.b)
         _check_step("detect_step", self.detect_step)
+        _check_unit("settle", self.settle, optional=True)
         if not isinstance(self.dynamic, bool):
             raise ValueError(f"dynamic: must be true or false, got {self.dynamic!r}")
         _check_hopeless(self)
@@ -260,6 +264,9 @@ class CurvePolicy(AllocationPolicy):
         cap = budget[:, None]
         total = np.minimum(cap, base + _whole(self.curve(read)))
         settled = detected & (steps >= total) & (total < cap)
+        if self.settle is not None:
+            at_detection = detected & (np.arange(steps.shape[1])[None, :] == first[:, None])
+            settled |= at_detection & (certaindex >= self.settle)
         return _codes(settled, certaindex, steps, self.hopeless, self.hopeless_step)
 
     def expected(self, allocation: Allocation, certaindex: float, steps: int) -> float:
@@ -267,17 +274,20 @@ class CurvePolicy(AllocationPolicy):
         if detection is None:
             return max(self.detect_step - steps, 0) + self.curve.at(certaindex)
         base, at_detection = detection
+        if self.settle is not None and at_detection >= self.settle:
+            return 0.0
         read = certaindex if self.dynamic else at_detection
         return base + float(_whole(self.curve(read))) - steps
 
     @classmethod
     def fit(cls, certaindex: Sequence[float] | Floats, remaining: Sequence[float] | Floats, *, detect_step: int = 4,
-            hopeless: float | None = None, hopeless_step: int | None = None, dynamic: bool = False) -> CurvePolicy:
+            hopeless: float | None = None, hopeless_step: int | None = None, dynamic: bool = False,
+            settle: float | None = None) -> CurvePolicy:
         """The curve fitted to (certaindex at detection, knob units programs still needed) pairs;
         ValueError when it cannot be (see Curve.fit)."""
         curve = Curve.fit(certaindex, remaining)
         return cls(a=curve.a, b=curve.b, detect_step=detect_step, hopeless=hopeless, hopeless_step=hopeless_step,
-                   dynamic=dynamic)
+                   dynamic=dynamic, settle=settle)
 
 
 _KINDS: dict[str, type[AllocationPolicy]] = {cls.kind: cls for cls in (UniformPolicy, ThresholdPolicy, CurvePolicy)}

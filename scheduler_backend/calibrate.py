@@ -155,7 +155,23 @@ def calibrate_table(table: Table, max_accuracy_drop: float = 0.01, hopeless: boo
         curve = fit_curve(table, detect, threshold.hopeless if cut else None, threshold.hopeless_step if cut else None)
     except ValueError as exc:
         notes.append(f"curve not fitted ({exc}); the threshold policy is written without it")
+    if curve is not None:
+        curve = choose_curve_settle(table, curve, max_accuracy_drop)
     return Calibration(threshold, curve, tuple(notes))
+
+
+def choose_curve_settle(table: Table, curve: CurvePolicy, max_accuracy_drop: float) -> CurvePolicy:
+    """The curve with the settle threshold at detection (none, or one of SETTLE_GRID) that spends
+    the fewest tokens while accuracy drops by at most `max_accuracy_drop` against the curve alone:
+    programs whose first samples agree stop there, at any budget."""
+    _, floor = _total(table, replay(table, curve))
+    best, best_tokens = curve, _total(table, replay(table, curve))[0]
+    for settle in SETTLE_GRID:
+        candidate = replace(curve, settle=settle)
+        tokens, accuracy = _total(table, replay(table, candidate))
+        if accuracy >= floor - max_accuracy_drop - 1e-9 and tokens < best_tokens - 1e-9:
+            best, best_tokens = candidate, tokens
+    return best
 
 
 def evaluate(table: Table, calibration: Calibration) -> list[dict[str, Any]]:
@@ -177,6 +193,8 @@ def describe(policy: AllocationPolicy) -> str:
         text = f"threshold settle={policy.settle:g} detect={policy.detect_step}{every}"
     elif isinstance(policy, CurvePolicy):
         text = f"curve{' dynamic' if policy.dynamic else ''} a={policy.a:.3g} b={policy.b:.3g} detect={policy.detect_step}"
+        if policy.settle is not None:
+            text += f" settle={policy.settle:g}"
     else:
         return policy.kind
     if getattr(policy, "hopeless", None) is not None:

@@ -15,6 +15,7 @@ that forges the harness's result line (the result is a report of behaviour, not 
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import queue
@@ -50,6 +51,7 @@ while True:
 sys.exit(os.waitstatus_to_exitcode(status) % 256)
 """
 UID_BASE = 61000  # each concurrent run gets its own uid from here, so process limits do not collide
+UID_RANGE = 1000
 
 
 @dataclass(frozen=True)
@@ -109,19 +111,46 @@ class Sandbox:
             f"code sandbox: {why_not}. Falling back to limits only: no network or filesystem isolation")
         if not Path(python).exists():
             raise RuntimeError(f"code sandbox: {python} not found; `apt-get install python3-minimal`")
+        if not self.as_root:
+            self.warning = "; ".join(filter(None, [self.warning, "code sandbox: not root, so model code runs as the "
+                                                   "server's user and its process count is not limited"]))
         self._harness = HARNESS.read_bytes()
+        self._uid_locks: list[Any] = []
         self._slots: queue.Queue[int] = queue.Queue()
-        for slot in range(max_parallel):
-            self._slots.put(slot)
+        self.uids = self._claim_uids(max_parallel)  # the user ids its runs take turns with
+        for uid in self.uids:
+            self._slots.put(uid)
         self._pool = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="sandbox")
+
+    def _claim_uids(self, count: int) -> list[int]:
+        """As root, `count` user ids no other sandbox on this host holds (a lock file each, held
+        while this sandbox lives), so that no two runs share a process limit or get killed
+        together; otherwise the server's own uid."""
+        if not self.as_root:
+            return [os.getuid()] * count
+        folder = Path(tempfile.gettempdir()) / "dynasor-sandbox-uids"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        claimed: list[int] = []
+        for uid in range(UID_BASE, UID_BASE + UID_RANGE):
+            handle = open(folder / f"{uid}.lock", "w")  # noqa: SIM115 - held open: the lock lives with it
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.close()
+                continue
+            self._uid_locks.append(handle)
+            claimed.append(uid)
+            if len(claimed) == count:
+                return claimed
+        raise RuntimeError(f"code sandbox: all {UID_RANGE} sandbox user ids from {UID_BASE} are held by other sandboxes")
 
     def run(self, request: dict[str, Any]) -> RunResult:
         """Run the harness on `request` (see sandbox_harness.py) and return what it reported."""
-        slot = self._slots.get()  # waits while `max_parallel` runs are out
+        uid = self._slots.get()  # waits while `max_parallel` runs are out
         try:
-            return self._run(request, UID_BASE + slot)
+            return self._run(request, uid)
         finally:
-            self._slots.put(slot)
+            self._slots.put(uid)
 
     def run_many(self, requests: Sequence[dict[str, Any]]) -> list[RunResult]:
         return list(self._pool.map(self.run, requests))
@@ -147,9 +176,9 @@ class Sandbox:
             resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 1))
             resource.setrlimit(resource.RLIMIT_AS, (limits.memory_mb << 20,) * 2)
             resource.setrlimit(resource.RLIMIT_FSIZE, (limits.output_bytes,) * 2)
-            resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes,) * 2)
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-            if self.as_root:
+            if self.as_root:  # the limit counts every process of the uid: only a uid of its own can take it
+                resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes,) * 2)
                 os.setgroups([])
                 os.setgid(uid)
                 os.setuid(uid)

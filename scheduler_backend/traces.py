@@ -45,6 +45,16 @@ def is_right(answer: str | None, gold: str | None) -> bool | None:
     return answer is not None and answers_equal(answer, gold)
 
 
+def answer_correct(trace: Mapping[str, Any], answer: str | None) -> bool:
+    """Whether `answer` to a trace's question is right: against its gold, or, for a trace graded per
+    sample (code: a behaviour fingerprint), as the first recorded sample that gave it was graded
+    (the sample a replay takes for its cluster)."""
+    if trace.get("gold") is not None:
+        return is_right(answer, trace["gold"]) is True
+    return answer is not None and next((bool(s["correct"]) for s in trace.get("samples", [])
+                                        if s["answer"] == answer and s["correct"] is not None), False)
+
+
 def _history_entry(state: ProgramState, gold: str | None) -> dict[str, Any]:
     return {"steps": state.steps, "certaindex": state.certaindex, "answer": state.answer,
             "tokens_used": state.tokens_used, "correct": is_right(state.answer, gold)}

@@ -57,3 +57,27 @@ def test_locust_headless_run_writes_stats_and_an_slo_summary(server, tmp_path):
         assert 0 < s["latency_s"] <= s["sent_at"] - s["received_at"] + 0.01, r
     assert all(r["server"] is None for r in records if r["user_class"] == "BaselineUser")
     assert all(r["steps"] <= 2 for r in records), "budget 2: no program votes over more samples"
+
+
+def test_locust_runs_code_programs_and_a_code_baseline_graded_by_hidden_tests(server, tmp_path):
+    """`--dataset humaneval --program code`: the server runs `code` programs, the baseline votes its
+    samples' programs by behaviour in the client, and every answer given is a program (SmolLM2
+    rarely passes the tests: the grading itself is what runs)."""
+    records_path = tmp_path / "records.jsonl"
+    cmd = [
+        sys.executable, "-m", "locust", "-f", str(REPO_ROOT / "loadtest" / "locustfile.py"), "--headless", "--only-summary",
+        "-u", "2", "-r", "2", "-t", "6s", "--grpc-url", server.grpc_url, "--http-url", server.http_url,
+        "--program-rate", "0.5", "--base-deadline-s", "20", "--slo-scale", "1", "--budget", "2", "--max-tokens", "64",
+        "--dataset", "humaneval", "--program", "code", "--dynasor-options", '{"round_size": 2}', "--seed", "5",
+        "--exit-code-on-error", "0", "--summary-json", str(tmp_path / "summary.json"), "--records-json", str(records_path),
+        "DynasorGrpcUser", "BaselineUser",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    records = [json.loads(line) for line in records_path.read_text().splitlines()]
+    assert {r["user_class"] for r in records} == {"DynasorGrpcUser", "BaselineUser"}, done.stderr[-2000:]
+    assert all(r["question_id"].startswith("HumanEval/") for r in records)
+    answered = [r for r in records if r["answer"]]
+    assert all("def " in r["answer"] for r in answered), answered[:2]
+    assert not [r for r in records if r["user_class"] == "DynasorGrpcUser" and r["error"]], records

@@ -140,6 +140,21 @@ def test_dynamic_curve_re_reads_the_budget_at_every_consult() -> None:
     assert run(static, [(0.3, 4), (1.0, 5)])[-1] is Verdict.CONTINUE
 
 
+def test_curve_with_a_settle_threshold_stops_agreeing_programs_at_detection_only() -> None:
+    """The refined strategy: certaindex >= settle at the detection step stops there (a bare curve
+    at a=8, b=1 would still give 8 exp(-1) = 3 more units); later consults follow the curve alone."""
+    policy = CurvePolicy(a=8.0, b=1.0, detect_step=2, settle=0.9)
+    assert run(policy, [(1.0, 2)]) == [Verdict.SETTLED]
+    assert run(CurvePolicy(a=8.0, b=1.0, detect_step=2), [(1.0, 2)]) == [Verdict.CONTINUE]
+    assert run(policy, [(0.5, 2), (1.0, 3)]) == [Verdict.CONTINUE, Verdict.CONTINUE]  # not at detection: the curve rules
+    doubtful = policy.start(16)
+    doubtful.verdict(0.5, 2)
+    assert doubtful.predicted_remaining(0.5, 2) == round(8 * math.exp(-0.5))
+    assert policy_from_dict(policy_to_dict(policy)) == policy
+    with pytest.raises(ValueError, match="settle: must be a number in"):
+        CurvePolicy(a=8.0, b=1.0, settle=1.5)
+
+
 def test_curve_budget_at_the_cap_leaves_the_stop_to_the_cap() -> None:
     policy = CurvePolicy(a=100.0, b=0.0, detect_step=2)
     assert run(policy, [(0.5, 2), (0.5, 16)], budget=16) == [Verdict.CONTINUE, Verdict.CONTINUE]

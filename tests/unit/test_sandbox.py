@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from scheduler_backend.code_behaviour import code_problem, fingerprint
-from scheduler_backend.sandbox import UID_BASE, Limits, Sandbox
+from scheduler_backend.sandbox import Limits, Sandbox
 
 SECRET = "dynasor-test-secret-7f3a"
 LIMITS = Limits(cpu_s=4, wall_s=6.0, memory_mb=512, processes=16, output_bytes=1 << 16, call_s=2.0)
@@ -29,14 +29,15 @@ def _run(box: Sandbox, body: str, prelude: str = "") -> tuple[list[str] | None, 
     return (run.result or {}).get("outcomes"), run.failure
 
 
-def _processes_of_pool() -> list[int]:
+def _processes_of(box: Sandbox) -> list[int]:
+    """Processes running as one of the sandbox's user ids (its runs'; nothing else uses them)."""
     pids = []
     for status in Path("/proc").glob("[0-9]*/status"):
         try:
             uid = int(next(line for line in status.read_text().splitlines() if line.startswith("Uid:")).split()[1])
         except (OSError, StopIteration, ValueError):
             continue
-        if UID_BASE <= uid < UID_BASE + 64:
+        if uid in box.uids and uid != os.getuid():
             pids.append(int(status.parent.name))
     return pids
 
@@ -66,7 +67,7 @@ def test_a_hostile_program_is_contained_and_reported_as_its_failure(sandbox: San
     else:
         assert outcomes == expected, (outcomes, failure)
     assert not Path("/usr/lib/dynasor-evil").exists()
-    assert _processes_of_pool() == [], "the run left processes behind"
+    assert _processes_of(sandbox) == [], "the run left processes behind"
     assert _run(sandbox, "return x + 1") == (["=2"], ""), "the next program runs normally"
 
 
@@ -85,7 +86,7 @@ def test_it_sees_neither_the_environment_nor_the_host_tree_and_is_not_the_server
 def test_killing_its_parent_kills_only_itself(sandbox: Sandbox) -> None:
     outcomes, failure = _run(sandbox, "os.kill(os.getppid(), 9)\nos.kill(1, 9)\nreturn 'alive'", "import os")
     assert outcomes in (None, ["='alive'"], ["!PermissionError"]), (outcomes, failure)
-    assert _processes_of_pool() == []
+    assert _processes_of(sandbox) == []
     assert _run(sandbox, "return x * 3") == (["=3"], "")
 
 
@@ -93,7 +94,7 @@ def test_a_daemon_that_leaves_its_session_is_killed_with_the_run(sandbox: Sandbo
     body = "if os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\nreturn 'parent'"
     outcomes, _ = _run(sandbox, body, "import os, time")
     assert outcomes == ["='parent'"]
-    assert _processes_of_pool() == []
+    assert _processes_of(sandbox) == []
 
 
 def test_runs_in_parallel_do_not_share_their_process_limit(sandbox: Sandbox) -> None:
@@ -110,7 +111,7 @@ def test_without_bubblewrap_the_fallback_says_so_and_still_limits() -> None:
     assert outcomes == ["!MemoryError"]
     outcomes, failure = _run(box, "while True:\n    pass")
     assert outcomes == ["!Timeout"]
-    assert _processes_of_pool() == []
+    assert _processes_of(box) == []
 
 
 def test_behaviour_fingerprints_group_programs_by_what_they_do(sandbox: Sandbox) -> None:

@@ -301,3 +301,18 @@ def test_the_equal_accuracy_bound_is_what_replay_saves_at_the_baselines_accuracy
     assert best == pytest.approx(2.0)
     assert "| threshold | 40 | 2.00 |" in lines and "| oracle | 10 | 8.00 |" in lines
     assert "accuracy of 8 samples (100.0%, 80 tokens)" in lines[0]
+
+
+def test_code_traces_simulate_with_answers_graded_as_their_samples_were():
+    """A code trace has no gold: its samples' behaviours vote, and the answer is right as the
+    recorded sample with that behaviour passed its hidden tests."""
+    passing, failing = "behaviour:aaaa", "behaviour:bbbb"
+    right = sc_trace("c1", [passing] * 4, [100] * 4, gold=None) | {"question": "q-right", "program": "code"}
+    wrong = sc_trace("c2", [failing] * 4, [100] * 4, gold=None) | {"question": "q-wrong", "program": "code"}
+    for trace, verdict in ((right, True), (wrong, False)):
+        for sample in trace["samples"]:
+            sample["correct"] = verdict
+    policy = ThresholdPolicy(settle=0.9, detect_step=2)
+    result = simulate("dynasor", [right, wrong], rate=0.1, slo_scale=1, programs=20, model=GPU, policy=policy)
+    by_answer = {r.answer: r.correct for r in result.records}
+    assert by_answer == {passing: True, failing: False}
