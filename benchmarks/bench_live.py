@@ -17,13 +17,16 @@ problems it was not fitted on.
 2. The default allocation against the uniform budget (what users run today: every program to
    its cap), live and side by side, on grade-school problems generated from a seed: a data set
    the calibration never saw.
+
+`--program code` does 0 and 1 for the `code` program on HumanEval's held-out half (its traces and
+its shipped calibration): a sample or an answer is right when its program passes the hidden tests.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import replace
 from typing import Any
@@ -36,7 +39,8 @@ from engines.engine_settings import cpu_model
 from engines.grpc_stream import StreamCall
 from engines.policy_stream import SampleAccumulator, decode_deltas, policy_inputs
 from scheduler_backend.answers import answers_equal
-from scheduler_backend.datasets import load
+from scheduler_backend.code_behaviour import code_problem, extract_program
+from scheduler_backend.datasets import is_correct, load
 from scheduler_backend.engine import GenerateCall
 from scheduler_backend.programs.base import sampling_from
 from scheduler_backend.prompts import solve_messages
@@ -50,54 +54,81 @@ UNIFORM = {"allocation": {"kind": "uniform"}}
 FRESH_DRAWS = 200  # replays of draws with replacement, for the spread of a live run
 
 
-def solve_all(url: str, questions: Sequence[tuple[str, str]], options: dict[str, Any], concurrency: int,
-              desc: str) -> list[tuple[int, bool]]:
+Grader = Callable[[int, str | None], bool]  # (question index, answer or program) -> right
+
+
+def gold_grader(golds: Sequence[str]) -> Grader:
+    return lambda i, answer: answer is not None and answers_equal(answer, golds[i])
+
+
+def tests_grader(questions: Sequence[str]) -> Grader:
+    """Right when the program passes the question's hidden HumanEval tests (run in the sandbox)."""
+    by_question = {p.question: p for p in load("humaneval")}
+    return lambda i, program: is_correct(by_question[questions[i]], program)
+
+
+def solve_all(url: str, questions: Sequence[str], grade: Grader, options: dict[str, Any], concurrency: int,
+              desc: str, program: str = "self-consistency") -> list[tuple[int, bool]]:
     """(tokens used, right) per question, in order; programs run `concurrency` at a time."""
     client = DynasorClient(url)
     out: list[tuple[int, bool]] = [(0, False)] * len(questions)
     with ThreadPoolExecutor(concurrency) as pool:
-        futures = {pool.submit(client.solve, q, "self-consistency", options): i for i, (q, _) in enumerate(questions)}
+        futures = {pool.submit(client.solve, q, program, options): i for i, q in enumerate(questions)}
         for future in tqdm(as_completed(futures), total=len(futures), desc=desc, unit="prog"):
             i = futures[future]
             result = future.result()
-            out[i] = (result.tokens_used, result.answer is not None and answers_equal(result.answer, questions[i][1]))
+            out[i] = (result.tokens_used, grade(i, result.answer))
     return out
 
 
-def sample_accuracy(url: str, traces: Sequence[dict[str, Any]], concurrency: int) -> list[tuple[float, float]]:
+def sample_accuracy(url: str, traces: Sequence[dict[str, Any]], concurrency: int, program: str) -> list[tuple[float, float]]:
     """(live, recorded) share of right samples per question: `policy` draws as many samples as the
-    trace holds, with self-consistency's default prompt and sampling."""
-    sampling = sampling_from(defaults("self-consistency"))
+    trace holds, with the program's default prompt and sampling."""
+    options = defaults(program)
+    sampling = sampling_from(options)
+    grade = tests_grader([t["question"] for t in traces]) if program == "code" else gold_grader([t["gold"] for t in traces])
 
-    def one(trace: dict[str, Any]) -> tuple[float, float]:
+    def one(k: int) -> tuple[float, float]:
+        trace = traces[k]
         n = len(trace["samples"])
-        call = GenerateCall(request_id=uuid.uuid4().hex, messages=solve_messages(trace["question"]),
+        call = GenerateCall(request_id=uuid.uuid4().hex, messages=solve_messages(trace["question"], options["prompt"]),
                             sampling=replace(sampling, n=n))
         acc = SampleAccumulator()
         for response in StreamCall(url, "policy", policy_inputs(call), request_id=call.request_id, timeout_s=900):
             acc.add(decode_deltas(response.outputs))
-        right = sum(a is not None and answers_equal(a, trace["gold"]) for a in acc.answers())
-        recorded = sum(s["answer"] is not None and answers_equal(s["answer"], trace["gold"]) for s in trace["samples"])
+        if program == "code":
+            problem = code_problem(trace["question"])
+            answers = [extract_program(acc.texts[i], problem) for i in sorted(acc.finish_reasons)]
+        else:
+            answers = acc.answers()
+        right = sum(grade(k, a) for a in answers)
+        recorded = sum(bool(s["correct"]) if s["correct"] is not None else grade(k, s["answer"]) for s in trace["samples"])
         return right / n, recorded / n
 
     with ThreadPoolExecutor(concurrency) as pool:
-        return list(tqdm(pool.map(one, traces), total=len(traces), desc="served engine, per sample", unit="question"))
+        return list(tqdm(pool.map(one, range(len(traces))), total=len(traces), desc="served engine, per sample",
+                         unit="question"))
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    ap.add_argument("--traces", default="data/traces/gsm8k-test-sc16.jsonl")
-    ap.add_argument("--questions", type=int, default=50, help="held-out GSM8K questions run live")
+    ap.add_argument("--program", default="self-consistency", choices=("self-consistency", "code"))
+    ap.add_argument("--traces", help="default: the program's committed traces (GSM8K, or HumanEval for code)")
+    ap.add_argument("--questions", type=int, default=50, help="held-out questions run live")
     ap.add_argument("--transfer", type=int, default=32, help="grade-school problems run under both allocations (0: skip)")
     ap.add_argument("--model", default="qwen2.5-coder-0.5b")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--parity", type=int, default=30, help="held-out questions whose samples are drawn again from `policy` (0: skip)")
     args = ap.parse_args(argv)
-    spec, policy = default_allocation()
-    traces = [t for t in load_traces(args.traces) if split_of(t["id"]) == "eval"][:args.questions]
+    code = args.program == "code"
+    spec, policy = default_allocation(args.program)
+    path = args.traces or ("data/traces/humaneval-test-code16.jsonl" if code else "data/traces/gsm8k-test-sc16.jsonl")
+    traces = [t for t in load_traces(path) if split_of(t["id"]) == "eval"][:args.questions]
+    questions = [t["question"] for t in traces]
+    grade = tests_grader(questions) if code else gold_grader([t["gold"] for t in traces])
     print(f"hardware: {cpu_model()}\ndefault allocation: {spec} = {policy}", flush=True)
 
-    round_size = int(defaults("self-consistency")["round_size"])  # the server's rounds, after detect_step
+    round_size = int(defaults(args.program)["round_size"])  # the server's rounds, after detect_step
     table = build_table(traces, round_size=round_size)
     replayed = replay(table, policy)
     tokens_o = per_ordering(table, replayed.tokens)
@@ -109,12 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     srv = start_server(policy_model=args.model)
     try:
         srv.wait_ready(timeout_s=900)
-        parity = sample_accuracy(srv.grpc_url, traces[:args.parity], max(args.concurrency // 2, 1)) if args.parity else []
-        live = solve_all(srv.grpc_url, [(t["question"], t["gold"]) for t in traces], {}, args.concurrency, "held-out GSM8K, live")
-        problems = load("grade-school", "test", args.transfer)
-        pairs = [(p.question, p.gold or "") for p in problems]
-        calibrated = solve_all(srv.grpc_url, pairs, {}, args.concurrency, "grade-school, default allocation")
-        uniform = solve_all(srv.grpc_url, pairs, UNIFORM, args.concurrency, "grade-school, uniform budget")
+        parity = sample_accuracy(srv.grpc_url, traces[:args.parity], max(args.concurrency // 2, 1), args.program) \
+            if args.parity else []
+        live = solve_all(srv.grpc_url, questions, grade, {}, args.concurrency, "held-out questions, live", args.program)
+        problems = [] if code else load("grade-school", "test", args.transfer)
+        pairs, golds = [p.question for p in problems], gold_grader([p.gold or "" for p in problems])
+        calibrated = solve_all(srv.grpc_url, pairs, golds, {}, args.concurrency, "grade-school, default allocation")
+        uniform = solve_all(srv.grpc_url, pairs, golds, UNIFORM, args.concurrency, "grade-school, uniform budget")
     finally:
         srv.stop()
 
@@ -129,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
     live_tokens = float(np.mean([t for t, _ in live]))
     live_right = float(np.mean([r for _, r in live]))
-    print(f"\n1. {len(traces)} held-out GSM8K questions (eval split), self-consistency, {spec}; {cpu_model()}")
+    print(f"\n1. {len(traces)} held-out questions of {path} (eval split), {args.program}, {spec}; {cpu_model()}")
     print(f"{'':<10}{'tokens/question':>18}{'accuracy':>12}")
     print(f"{'replay':<10}{tokens_o.mean():>10.0f} ± {tokens_o.std():<5.0f}{right_o.mean():>10.3f} ± {right_o.std():.3f}"
           f"   ({table.orderings} sample orderings; range {tokens_o.min():.0f}-{tokens_o.max():.0f} tokens, "

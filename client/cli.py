@@ -71,6 +71,13 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+def _brief(answer: str | None) -> str:
+    """An answer for a progress line: a program (the `code` program's answers) by its size only."""
+    if answer is not None and "\n" in answer:
+        return f"<program, {answer.count(chr(10)) + 1} lines>"
+    return str(answer)
+
+
 def _ask(args: argparse.Namespace) -> int:
     from client.dynasor_client import DynasorClient, ProgramError, Progress
 
@@ -78,14 +85,14 @@ def _ask(args: argparse.Namespace) -> int:
 
     def show(p: Progress) -> None:
         if not p.final:
-            print(f"  ... answer={p.answer!s:<14} certaindex={p.certaindex:.2f}  steps={p.steps}/{p.budget}  tokens={p.tokens_used}", flush=True)
+            print(f"  ... answer={_brief(p.answer):<14} certaindex={p.certaindex:.2f}  steps={p.steps}/{p.budget}  tokens={p.tokens_used}", flush=True)
 
     try:
         result = client.solve(args.question, args.program, _options(args), on_progress=show)
     except ProgramError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"answer: {result.answer}\ncertaindex: {result.certaindex:.3f}\nstopped: {result.stop_reason}\n"
+    print(f"answer:{chr(10) if result.answer and chr(10) in result.answer else ' '}{result.answer}\ncertaindex: {result.certaindex:.3f}\nstopped: {result.stop_reason}\n"
           f"steps: {result.steps}/{result.budget}  tokens: {result.tokens_used}  latency: {result.latency_s:.1f} s")
     return 0
 
@@ -100,14 +107,14 @@ def _solve(args: argparse.Namespace) -> int:
 def _program_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", default=DEFAULT_GRPC, help="host:port of the server (gRPC, or HTTP with --protocol http)")
     p.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
-    p.add_argument("--program", default=None, help="self-consistency, rebase, mcts, cot-probe, or a registered one")
+    p.add_argument("--program", default=None, help="self-consistency, code, rebase, mcts, cot-probe, or a registered one")
     p.add_argument("--budget", type=int, help="cap on the program's knob (samples, expansions, iterations, chunks)")
     p.add_argument("--deadline", dest="deadline_s", type=float, help="seconds; the best answer so far is returned then")
     p.add_argument("--threshold", dest="settle_threshold", type=float, help="certaindex at which the answer counts as settled")
     p.add_argument("--temperature", type=float)
     p.add_argument("--max-tokens", dest="max_tokens", type=int, help="tokens per generation step")
     p.add_argument("--calibration", help="name of a calibration file on the server")
-    p.add_argument("--prompt", help="math (step by step, answer in \\boxed{}; the default) or game24")
+    p.add_argument("--prompt", help="math (step by step, answer in \\boxed{}; the default), game24 or code")
     p.add_argument("--options", help="JSON object of further program options")
 
 

@@ -3,7 +3,8 @@ request on stdin, runs the candidate source, and writes one JSON report to $DYNA
 
 Request: {"source": str, "entry_point": str, "call_s": float} and either
   "calls": [expression, ...]  -> {"defined": bool, "error": str, "outcomes": [str, ...]}
-    (each outcome "=" + canonical repr of the value, or "!" + the exception's type name), or
+    (each outcome "=" + canonical repr of the value, or "!" + the exception's type name; after a
+    call that timed out the rest are "!Skipped", so a hanging program costs one call_s), or
   "test": str                 -> {"defined": bool, "error": str, "passed": bool}
     (the test code defines check(candidate); it is called with the entry point).
 """
@@ -66,8 +67,11 @@ def main() -> None:
     except BaseException as e:  # noqa: BLE001 - any failure of model code is its outcome
         report["error"] = type(e).__name__
     if "calls" in request:
-        outcomes = []
+        outcomes: list[str] = []
         for expr in request["calls"] if report["defined"] else []:
+            if outcomes and outcomes[-1] == "!Timeout":  # a program that hangs once is judged by that
+                outcomes.append("!Skipped")
+                continue
             try:
                 outcomes.append("=" + canonical(timed(call_s, eval, expr, namespace)))
             except CallTimeout:
