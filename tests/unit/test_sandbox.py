@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.bench_sandbox import HOSTILE, processes_of, run_hostile, source_of
 from scheduler_backend.code_behaviour import code_problem, fingerprint
 from scheduler_backend.sandbox import Limits, Sandbox
 
@@ -24,42 +25,19 @@ def sandbox() -> Sandbox:
 
 
 def _run(box: Sandbox, body: str, prelude: str = "") -> tuple[list[str] | None, str]:
-    source = f"{prelude}\ndef f(x):\n" + "\n".join("    " + line for line in body.splitlines())
-    run = box.run({"source": source, "entry_point": "f", "calls": ["f(1)"]})
+    run = box.run({"source": source_of(prelude, body), "entry_point": "f", "calls": ["f(1)"]})
     return (run.result or {}).get("outcomes"), run.failure
-
-
-def _processes_of(box: Sandbox) -> list[int]:
-    """Processes running as one of the sandbox's user ids (its runs'; nothing else uses them)."""
-    pids = []
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            uid = int(next(line for line in status.read_text().splitlines() if line.startswith("Uid:")).split()[1])
-        except (OSError, StopIteration, ValueError):
-            continue
-        if uid in box.uids and uid != os.getuid():
-            pids.append(int(status.parent.name))
-    return pids
-
-
-HOSTILE = {
-    # name: (prelude, body, what the sample's outcome must be: a failing outcome, or a failed run)
-    "infinite loop": ("", "while True:\n    pass", ["!Timeout"]),
-    "fork bomb": ("import os", "while True:\n    os.fork()", None),
-    "10 GB allocation": ("", "return len(bytearray(10 * 1024 ** 3))", ["!MemoryError"]),
-    "write outside its folder": ("", "open('/usr/lib/dynasor-evil', 'w').write('x')\nreturn 1", ["!OSError"]),
-    "read the server's files": ("", f"return open({str(Path(__file__).resolve())!r}).read()", ["!FileNotFoundError"]),
-    "open a socket": ("import socket", "socket.create_connection(('1.1.1.1', 80), timeout=1)\nreturn 1", ["!OSError"]),
-    "print gigabytes": ("import sys", "while True:\n    sys.stdout.write('x' * 65536)", ["!OSError"]),
-    "C-extension crash": ("import ctypes", "return ctypes.string_at(0)", None),
-}
 
 
 @pytest.mark.parametrize("name", list(HOSTILE))
 def test_a_hostile_program_is_contained_and_reported_as_its_failure(sandbox: Sandbox, name: str) -> None:
-    prelude, body, expected = HOSTILE[name]
-    started = time.monotonic()
-    outcomes, failure = _run(sandbox, body, prelude)
+    os.environ["DYNASOR_SECRET"] = SECRET
+    try:
+        started = time.monotonic()
+        run = run_hostile(sandbox, name)
+    finally:
+        del os.environ["DYNASOR_SECRET"]
+    outcomes, failure, expected = (run.result or {}).get("outcomes"), run.failure, HOSTILE[name][2]
     assert time.monotonic() - started < LIMITS.wall_s + 5
     if expected is None:
         assert outcomes is None or all(o.startswith("!") for o in outcomes), (outcomes, failure)
@@ -67,7 +45,7 @@ def test_a_hostile_program_is_contained_and_reported_as_its_failure(sandbox: San
     else:
         assert outcomes == expected, (outcomes, failure)
     assert not Path("/usr/lib/dynasor-evil").exists()
-    assert _processes_of(sandbox) == [], "the run left processes behind"
+    assert processes_of(sandbox) == [], "the run left processes behind"
     assert _run(sandbox, "return x + 1") == (["=2"], ""), "the next program runs normally"
 
 
@@ -86,7 +64,7 @@ def test_it_sees_neither_the_environment_nor_the_host_tree_and_is_not_the_server
 def test_killing_its_parent_kills_only_itself(sandbox: Sandbox) -> None:
     outcomes, failure = _run(sandbox, "os.kill(os.getppid(), 9)\nos.kill(1, 9)\nreturn 'alive'", "import os")
     assert outcomes in (None, ["='alive'"], ["!PermissionError"]), (outcomes, failure)
-    assert _processes_of(sandbox) == []
+    assert processes_of(sandbox) == []
     assert _run(sandbox, "return x * 3") == (["=3"], "")
 
 
@@ -94,7 +72,7 @@ def test_a_daemon_that_leaves_its_session_is_killed_with_the_run(sandbox: Sandbo
     body = "if os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\nreturn 'parent'"
     outcomes, _ = _run(sandbox, body, "import os, time")
     assert outcomes == ["='parent'"]
-    assert _processes_of(sandbox) == []
+    assert processes_of(sandbox) == []
 
 
 def test_runs_in_parallel_do_not_share_their_process_limit(sandbox: Sandbox) -> None:
@@ -111,7 +89,7 @@ def test_without_bubblewrap_the_fallback_says_so_and_still_limits() -> None:
     assert outcomes == ["!MemoryError"]
     outcomes, failure = _run(box, "while True:\n    pass")
     assert outcomes == ["!Timeout"]
-    assert _processes_of(box) == []
+    assert processes_of(box) == []
 
 
 def test_behaviour_fingerprints_group_programs_by_what_they_do(sandbox: Sandbox) -> None:
