@@ -6,12 +6,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 from pathlib import Path
 
 from scheduler_backend.datasets import DATASETS, gold_answer, load, load_records
 from scheduler_backend.traces import record
 from serving.model_config import judge_settings, policy_engine_args
+
+
+def _exit_on_term(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         async with VllmEngine(policy_engine_args(args.model), judge_settings()) as engine:
             return await record(engine, args.program, records, json.loads(args.options), args.output, args.concurrency)
 
+    # SIGTERM unwinds like Ctrl-C, so the engine's processes are shut down with the recorder
+    # (killed outright they outlived it, holding the engine's memory).
+    signal.signal(signal.SIGTERM, _exit_on_term)
     written = asyncio.run(go())
     print(f"wrote {written} traces to {args.output} ({len(records) - written} were there already)")
     return 0

@@ -96,6 +96,10 @@ def _arguments(parser: LocustArgumentParser) -> None:
                        help="the dynasor program; the baseline is fixed-n sampling, voted as self-consistency or, for code, by behaviour")
     group.add_argument("--budget", type=int, default=8, help="dynasor's budget, and the baseline's n")
     group.add_argument("--max-tokens", type=int, default=640, help="tokens per sample, both")
+    group.add_argument("--floor", type=int, default=0,
+                       help="quality floor (samples an answer must rest on): sent to dynasor as options.floor, and the "
+                            "summary's 'at floor' attainment counts only answers resting on it, the baseline's included")
+    group.add_argument("--floor-action", default="degrade", choices=("degrade", "refuse"), help="dynasor's options.floor_action")
     group.add_argument("--dynasor-options", default="{}", help="more dynasor options as a JSON object (win over the above)")
     group.add_argument("--summary-json", default="", help="write the per-class summary here at test stop")
     group.add_argument("--records-json", default="", help="write every program's record here at test stop (JSON lines)")
@@ -138,7 +142,8 @@ def _stop(environment: Environment, **_: Any) -> None:
     print(format_summary(summary))
     if o.summary_json:
         settings = {k: getattr(o, k) for k in ("program_rate", "slo_scale", "base_deadline_s", "deadline_grace_s", "dataset", "program",
-                                               "budget", "max_tokens", "dynasor_options", "seed", "questions")}
+                                               "budget", "max_tokens", "dynasor_options", "seed", "questions", "floor",
+                                               "floor_action")}
         settings["unfinished_at_stop"] = unfinished
         path = Path(o.summary_json)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -194,7 +199,8 @@ class _ProgramUser(User):
         record = ProgramRecord(user_class=type(self).__name__, latency_s=latency, deadline_s=self.deadline_s, answer=outcome.answer,
                                correct=is_correct(problem, outcome.answer), tokens=outcome.tokens, error=error, ended=outcome.ended,
                                grace_s=self.o.deadline_grace_s, question_id=problem.id, stop_reason=outcome.stop_reason,
-                               steps=outcome.steps, probed=outcome.probed, started_at=started_at, server=outcome.server)
+                               steps=outcome.steps, probed=outcome.probed, started_at=started_at, server=outcome.server,
+                               floor=self.o.floor)
         _Run.records.append(record)
         failure = record.failure()
         self.environment.events.request.fire(
@@ -217,7 +223,8 @@ class _DynasorUser(_ProgramUser):
     def solve(self, problem: Problem) -> Outcome:
         url = self.o.grpc_url if self.protocol == "grpc" else self.o.http_url
         client = DynasorClient(url, protocol=self.protocol, timeout_s=self._limit_s() + 5)
-        options = {"budget": self.o.budget, "max_tokens": self.o.max_tokens, **json.loads(self.o.dynasor_options),
+        floor = {"floor": self.o.floor, "floor_action": self.o.floor_action} if self.o.floor else {}
+        options = {"budget": self.o.budget, "max_tokens": self.o.max_tokens, **floor, **json.loads(self.o.dynasor_options),
                    "deadline_s": self.deadline_s}
         return _until(self._limit_s(), lambda: client.stream(problem.question, self.o.program, options),
                       lambda p: Outcome(p.answer, p.tokens_used, p.final, p.stop_reason, p.steps, int(p.details.get("probed", 0)),

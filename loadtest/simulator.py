@@ -50,6 +50,7 @@ from scheduler_backend.capacity import ConcurrencyController
 from scheduler_backend.engine import GenerateCall, SamplingSpec
 from scheduler_backend.programs.self_consistency import SelfConsistency
 from scheduler_backend.prompts import solve_messages
+from scheduler_backend.quality import QualityFloor
 from scheduler_backend.runner import ProgramRunner
 from scheduler_backend.scheduler import Scheduler
 from scheduler_backend.traces import answer_correct, load_traces
@@ -91,6 +92,7 @@ class SimConfig:
     max_running: int | None = None  # programs admitted per replica; None: "auto", as the server (capacity.py)
     probe_s: float = 1.0  # the server's deadline_probe_s
     seed: int = 0
+    floor: QualityFloor = QualityFloor()  # dynasor's quality floor; records are judged against its units
 
 
 @dataclass(frozen=True)
@@ -187,10 +189,13 @@ async def _dynasor(runner: ProgramRunner, pid: str, question: str, deadline_s: f
     program = SelfConsistency(question, config.budget, policy, round_size=config.round_size,
                               first_round=getattr(policy, "detect_step", None),
                               sampling=SamplingSpec(max_tokens=config.max_tokens, temperature=0.7, top_k=50))
-    state = await runner.run(pid, program, deadline_s=deadline_s)
+    refused = runner.floor_refusal(program, deadline_s, config.floor)  # as the server's door does
+    if refused:
+        return Outcome(None, 0, True, "refused", 0, 0), refused
+    state = await runner.run(pid, program, deadline_s=deadline_s, floor=config.floor)
     reason = state.stop_reason.value if state.stop_reason else ""
     outcome = Outcome(state.answer, state.tokens_used, True, reason, state.steps, int(state.extra.get("probed", 0)))
-    return outcome, str(state.extra.get("error", ""))
+    return outcome, str(state.extra.get("error", "") or state.extra.get("refusal", ""))
 
 
 async def _simulate(system: System, arrival_list: list[tuple[float, Mapping[str, Any]]], deadline_s: float, model: EngineModel,
@@ -227,7 +232,7 @@ async def _simulate(system: System, arrival_list: list[tuple[float, Mapping[str,
         records.append(ProgramRecord(user_class=system.name, latency_s=latency, deadline_s=deadline_s, answer=outcome.answer,
                                      correct=answer_correct(trace, outcome.answer), tokens=outcome.tokens, error=error,
                                      grace_s=config.grace_s, question_id=str(trace.get("id", "")), stop_reason=outcome.stop_reason,
-                                     steps=outcome.steps, probed=outcome.probed))
+                                     steps=outcome.steps, probed=outcome.probed, floor=config.floor.units))
         outcomes.append(ProgramOutcome(pid, at, latency, replica.engine.alone_s.pop(pid, None)))
         if bar is not None:
             bar.update(1)

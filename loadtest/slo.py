@@ -7,7 +7,10 @@ Definitions (the same for every user class, so they compare):
 - a program *meets its deadline* when it ended without an error within `deadline_s + grace_s`
   of its arrival (the grace covers the response's trip back);
 - it *attains the SLO* when it met its deadline and returned an answer;
-- *goodput* is SLO-attaining programs per second of the test's duration.
+- *goodput* is SLO-attaining programs per second of the test's duration;
+- with a quality floor of k knob units, it *attains the SLO at the floor* when it attained the SLO
+  with an answer resting on at least k finished samples (probed ones not counted): a guess made to
+  beat the clock does not count; *correct goodput* is programs answered right in time per second.
 """
 from __future__ import annotations
 
@@ -69,6 +72,16 @@ class ProgramRecord:
     probed: int = 0  # of them, answers probed out of unfinished samples at the deadline
     started_at: float = 0.0  # wall clock when the client sent it: with the server's stamps, where the time went
     server: dict[str, Any] | None = None  # the server's final progress details (dynasor only)
+    floor: int = 0  # the quality floor the test holds answers to (knob units)
+
+    @property
+    def floor_met(self) -> bool:
+        """The answer rests on at least `floor` finished samples (probed answers do not count)."""
+        return self.answer is not None and self.steps - self.probed >= self.floor
+
+    @property
+    def attained_at_floor(self) -> bool:
+        return self.attained and self.floor_met
 
     @property
     def deadline_met(self) -> bool:
@@ -116,6 +129,11 @@ class ClassSummary:
     p99_latency_s: float
     accuracy: float  # fraction of all programs answered correctly
     mean_tokens: float
+    floor: int = 0  # the quality floor of the test (knob units; 0: none)
+    attainment_at_floor: float = 0.0  # fraction that met the deadline with an answer resting on the floor
+    goodput_at_floor_per_s: float = 0.0
+    correct_goodput_per_s: float = 0.0  # programs answered right by their deadline, per second
+    below_floor: int = 0  # programs answered in time with an answer below the floor
 
 
 def summarize(records: Iterable[ProgramRecord], duration_s: float) -> dict[str, ClassSummary]:
@@ -129,6 +147,7 @@ def summarize(records: Iterable[ProgramRecord], duration_s: float) -> dict[str, 
     for name, rs in sorted(by_class.items()):
         latencies = [r.latency_s for r in rs]
         attained = sum(r.attained for r in rs)
+        at_floor = sum(r.attained_at_floor for r in rs)
         out[name] = ClassSummary(
             programs=len(rs),
             attainment=attained / len(rs),
@@ -140,6 +159,11 @@ def summarize(records: Iterable[ProgramRecord], duration_s: float) -> dict[str, 
             p99_latency_s=percentile(latencies, 99),
             accuracy=sum(r.correct for r in rs) / len(rs),
             mean_tokens=sum(r.tokens for r in rs) / len(rs),
+            floor=max(r.floor for r in rs),
+            attainment_at_floor=at_floor / len(rs),
+            goodput_at_floor_per_s=at_floor / duration_s,
+            correct_goodput_per_s=sum(r.attained and r.correct for r in rs) / duration_s,
+            below_floor=attained - at_floor,
         )
     return out
 
@@ -152,9 +176,11 @@ def summary_json(summary: dict[str, ClassSummary], settings: dict[str, Any], dur
 
 def format_summary(summary: dict[str, ClassSummary]) -> str:
     """A fixed-width table, one row per user class, for the console at test stop."""
-    header = f"{'user class':<18}{'programs':>9}{'SLO att.':>9}{'goodput/s':>10}{'p50 s':>8}{'p90 s':>8}{'p99 s':>8}{'accuracy':>9}{'tokens':>9}{'errors':>7}"
+    header = (f"{'user class':<18}{'programs':>9}{'SLO att.':>9}{'at floor':>9}{'below':>6}{'goodput/s':>10}{'right/s':>8}"
+              f"{'p50 s':>8}{'p90 s':>8}{'p99 s':>8}{'accuracy':>9}{'tokens':>9}{'errors':>7}")
     rows = [header]
     for name, s in summary.items():
-        rows.append(f"{name:<18}{s.programs:>9}{s.attainment:>9.1%}{s.goodput_per_s:>10.3f}{s.p50_latency_s:>8.2f}{s.p90_latency_s:>8.2f}"
+        rows.append(f"{name:<18}{s.programs:>9}{s.attainment:>9.1%}{s.attainment_at_floor:>9.1%}{s.below_floor:>6}"
+                    f"{s.goodput_per_s:>10.3f}{s.correct_goodput_per_s:>8.3f}{s.p50_latency_s:>8.2f}{s.p90_latency_s:>8.2f}"
                     f"{s.p99_latency_s:>8.2f}{s.accuracy:>9.1%}{s.mean_tokens:>9.0f}{s.errors:>7}")
     return "\n".join(rows)

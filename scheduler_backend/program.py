@@ -23,6 +23,7 @@ class StopReason(str, Enum):
     HOPELESS = "hopeless"  # certaindex stayed too low: more compute will not help
     FINISHED = "finished"  # the algorithm ran to its natural end before the cap
     DEADLINE = "deadline"  # its deadline came: the best answer so far is returned
+    REFUSED = "refused"  # its deadline cannot meet its quality floor: no answer, the time it would need instead
     CANCELLED = "cancelled"  # the client went away or cancelled
     ERROR = "error"  # the engine failed the program
 
@@ -100,6 +101,7 @@ class ReasoningProgram(abc.ABC):
         self.budget = budget
         self.tokens_used = 0
         self.stop_reason: StopReason | None = None
+        self.min_units = 0  # the quality floor: no early stop (settled, hopeless) below it
 
     @property
     def done(self) -> bool:

@@ -41,6 +41,7 @@ from scheduler_backend.program import (
     StepResult,
     StopReason,
 )
+from scheduler_backend.quality import QualityFloor
 from scheduler_backend.scheduler import MOST_URGENT, Scheduler
 
 ProgressCallback = Callable[[ProgramState], "Awaitable[None] | None"]
@@ -141,6 +142,8 @@ class _Live:
     start: float = 0.0
     partials: dict[str, dict[int, Sample]] = field(default_factory=dict)  # step key -> samples so far
     probe_considered: bool = False  # its probe time came (probed or not, it is not probed again)
+    floor: QualityFloor = QualityFloor()
+    refusal: str = ""  # why it was refused mid-run (REFUSED): its floor cannot be met in time
 
 
 class ProgramRunner:
@@ -247,21 +250,49 @@ class ProgramRunner:
         return (f"deadline_s: {deadline_s:g} s cannot be met: the first step of {program.name} needs about "
                 f"{tokens:,.0f} tokens, about {need_s:.1f} s at the measured {rate:,.0f} tokens/s per program{waiting}")
 
+    def floor_refusal(self, program: ReasoningProgram, deadline_s: float | None, floor: QualityFloor) -> str:
+        """Why `program` is refused at arrival under a refusing quality floor, or "": once a rate is
+        measured, when the floor's knob units (x tokens per unit of its kind, at the per-program
+        rate, after the wait for a slot when all are busy) do not fit before its deadline."""
+        rate = self._rate_per_program()
+        if not floor.refuses or deadline_s is None or rate is None:
+            return ""
+        units = max(floor.units, program.first_units())
+        need_s = units * self.tokens_per_unit(program.name) / rate
+        busy = self.scheduler.running >= self.scheduler.max_running
+        wait_s = self.scheduler.least_running_work() / rate if busy else 0.0
+        if wait_s + need_s <= deadline_s:
+            return ""
+        return (f"floor: an answer resting on {floor.units} knob units of {program.name} needs about {wait_s + need_s:.1f} s "
+                f"here now (estimated wait {wait_s:.1f} s for a slot, {need_s:.1f} s of work at the measured "
+                f"{rate:,.0f} tokens/s per program); deadline_s is {deadline_s:g} s")
+
     def _fit_to_deadline(self, live: _Live, deadline: float | None) -> None:
         """Before new steps: cap the budget to the knob units that fit before the deadline at the
         per-program rate, so later rounds ask for less instead of being cut. When not one more
         unit fits, a program with an answer stops now (DEADLINE: on time, its compute freed); one
-        without keeps a single unit, its only chance of an answer."""
+        without keeps a single unit, its only chance of an answer. Under a refusing quality floor
+        the budget never drops below the floor, and a program whose floor no longer fits is
+        stopped at once (REFUSED), freeing its compute, with the time it would have needed."""
         program = live.program
         rate = self._rate_per_program()
         if deadline is None or rate is None or program.done:
             return
         time_left = max(deadline - self.clock(), 0.0)
-        fit = math.floor(time_left * rate / self._unit_cost(program))
-        if fit < 1 and program.has_answer():
+        unit_cost = self._unit_cost(program)
+        fit = math.floor(time_left * rate / unit_cost)
+        floor = live.floor
+        if floor.refuses and program.steps_used() + fit < floor.units:
+            missing = floor.units - program.steps_used()
+            live.refusal = (f"floor: {floor.units} knob units of {program.name} cannot be reached by the deadline: "
+                            f"{program.steps_used()} done, {missing} more need about {missing * unit_cost / rate:.1f} s "
+                            f"at the measured {rate:,.0f} tokens/s per program, {time_left:.1f} s left")
+            program.stop(StopReason.REFUSED)
+            return
+        if fit < 1 and program.has_answer() and (not floor.refuses or program.steps_used() >= floor.units):
             program.stop(StopReason.DEADLINE)
             return
-        program.limit_budget(program.steps_used() + max(fit, 1))
+        program.limit_budget(max(program.steps_used() + max(fit, 1), floor.units if floor.refuses else 0))
         # A round lasts about one sample's tokens at the speed of one sequence (the engine's
         # tokens/s over the sequences in flight); without time for two, the next is the last.
         assert self.throughput.rate is not None, "a per-program rate implies a measured one"
@@ -289,15 +320,19 @@ class ProgramRunner:
             self.throughput.idle(now)
 
     async def run(self, pid: str, program: ReasoningProgram, deadline_s: float | None = None,
-                  on_progress: ProgressCallback | None = None, on_result: ResultCallback | None = None) -> ProgramState:
+                  on_progress: ProgressCallback | None = None, on_result: ResultCallback | None = None,
+                  floor: QualityFloor | None = None) -> ProgramState:
         """Run `program` to its stop; `deadline_s` is relative to now. Returns the final state,
-        whose `extra` carries latency_s, queued_s and, on ERROR, the error message. `on_result`
-        sees every step result after the program took it (trace recording)."""
+        whose `extra` carries latency_s, queued_s, on ERROR the error message and, with a
+        `floor`, `quality` (what the answer rests on). Under a refusing floor an answer below it is
+        never returned: the state is REFUSED, `extra["refusal"]` says why. `on_result` sees every
+        step result after the program took it (trace recording)."""
         if pid in self._live:
             raise ValueError(f"program id {pid!r} is already running")
         start = self.clock()
         deadline = None if deadline_s is None else start + deadline_s
-        live = _Live(program, start=start)
+        live = _Live(program, start=start, floor=floor or QualityFloor())
+        program.min_units = min(live.floor.units, program.budget)
         self._live[pid] = live
         self.scheduler.add(pid, start, self._predicted_work(live), deadline)
         tasks: dict[asyncio.Task[StepResult], Step] = {}
@@ -317,6 +352,15 @@ class ProgramRunner:
         state.extra.update(latency_s=round(self.clock() - start, 4), queued_s=round(queued_s, 4))
         if error:
             state.extra["error"] = error
+        if floor is not None:
+            if floor.refuses and state.stop_reason is StopReason.DEADLINE and not floor.met(state):
+                live.refusal = (f"floor: the deadline came when the answer rested on {floor.rests_on(state)} of the "
+                                f"{floor.units} knob units the floor asks for")
+                state.stop_reason = StopReason.REFUSED
+            if live.refusal:
+                state.answer = None  # a refused program serves no guess
+                state.extra["refusal"] = live.refusal
+            state.extra["quality"] = floor.report(state)
         return state
 
     async def _wait_admitted(self, live: _Live, deadline: float | None) -> bool:

@@ -39,12 +39,15 @@ class PolicyProgram(ReasoningProgram):
         return solve_messages(self.question, self.prompt, partial)
 
     def _consult(self, natural_end: bool = False, capped: bool | None = None) -> None:
-        """A detection point: stop if the algorithm ended, the policy says so, or the cap is spent
-        (`capped` overrides steps >= budget for programs still waiting on work that counts)."""
+        """A detection point: stop if the algorithm ended, the policy says so (not below
+        `min_units`, the quality floor), or the cap is spent (`capped` overrides steps >= budget
+        for programs still waiting on work that counts)."""
         if natural_end:
             self._finish(StopReason.FINISHED)
             return
         verdict = self.allocation.verdict(self.certaindex(), self.steps_used())
+        if verdict is not Verdict.CONTINUE and self.steps_used() < self.min_units:
+            verdict = Verdict.CONTINUE  # the answer must rest on the quality floor's units first
         if verdict is Verdict.SETTLED:
             self._finish(StopReason.SETTLED)
         elif verdict is Verdict.HOPELESS:

@@ -213,3 +213,40 @@ def test_a_code_program_votes_by_behaviour_in_the_sandbox_and_answers_with_a_pro
         compile(result.answer, "<answer>", "exec")
     with pytest.raises(ProgramError, match="text_input: a code question"):
         DynasorClient(server.grpc_url).solve("What is 2 + 3?", "code", {"budget": 2})
+
+
+SLOW = {"budget": 6, "round_size": 6, "max_tokens": 200, "min_tokens": 200, "temperature": 1.0}  # ~1,200 tokens
+
+
+def test_every_final_response_says_what_its_answer_rests_on(server):
+    result = DynasorClient(server.grpc_url).solve(QUESTION, "self-consistency", {**SMALL, "budget": 4, "round_size": 2, "floor": 2})
+    quality = result.details["quality"]
+    assert quality["floor"] == 2 and quality["units"] == result.steps >= 2 and quality["probed"] == 0
+    assert quality["floor_met"] is (result.answer is not None) and quality["stop_reason"] == result.stop_reason
+
+
+def test_a_degrading_floor_answers_past_it_and_says_the_floor_was_not_met(server):
+    result = DynasorClient(server.grpc_url).solve(QUESTION, "self-consistency",
+                                                  {**SLOW, "floor": 6, "floor_action": "degrade", "deadline_s": 3})
+    assert result.stop_reason == "deadline"
+    assert result.details["quality"]["floor"] == 6 and result.details["quality"]["floor_met"] is False
+
+
+def test_a_refusing_floor_serves_no_guess_and_says_how_long_it_would_need(server):
+    def refusals():
+        return sum(metric_values(server, "dynasor_refusals_total").values())
+
+    before = refusals()
+    started = time.monotonic()
+    with pytest.raises(ProgramError, match=r"floor: .*(needs about|cannot be reached|the deadline came)"):
+        DynasorClient(server.grpc_url).solve(QUESTION, "self-consistency",
+                                             {**SLOW, "floor": 6, "floor_action": "refuse", "deadline_s": 3})
+    assert time.monotonic() - started < 3 + 3, "refused by its deadline at the latest"
+    wait_for(lambda: refusals() == before + 1, timeout_s=5)
+    # The engine's rate is measured now: a second such program is refused at arrival, at once.
+    started = time.monotonic()
+    with pytest.raises(ProgramError, match=r"floor: an answer resting on 6 knob units .* needs about"):
+        DynasorClient(server.grpc_url).solve(QUESTION, "self-consistency",
+                                             {**SLOW, "floor": 6, "floor_action": "refuse", "deadline_s": 0.5})
+    assert time.monotonic() - started < 0.5
+    assert any('cause="floor_at_arrival"' in k for k in metric_values(server, "dynasor_refusals_total"))

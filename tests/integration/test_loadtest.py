@@ -23,7 +23,7 @@ def test_locust_headless_run_writes_stats_and_an_slo_summary(server, tmp_path):
         sys.executable, "-m", "locust", "-f", str(REPO_ROOT / "loadtest" / "locustfile.py"), "--headless", "--only-summary",
         "-u", "3", "-r", "3", "-t", "8s", "--grpc-url", server.grpc_url, "--http-url", server.http_url,
         "--program-rate", "1.0", "--base-deadline-s", "15", "--slo-scale", "1", "--budget", "2", "--max-tokens", "32",
-        "--dynasor-options", '{"round_size": 2}', "--seed", "3", "--exit-code-on-error", "0",
+        "--dynasor-options", '{"round_size": 2}', "--seed", "3", "--exit-code-on-error", "0", "--floor", "2",
         "--csv", str(tmp_path / "load"), "--summary-json", str(summary_path), "--records-json", str(tmp_path / "records.jsonl"),
         *CLASSES,
     ]
@@ -45,6 +45,8 @@ def test_locust_headless_run_writes_stats_and_an_slo_summary(server, tmp_path):
         assert 0.0 <= s["attainment"] <= 1.0 and 0.0 <= s["accuracy"] <= 1.0, (name, s)
         assert s["p50_latency_s"] <= s["p99_latency_s"], (name, s)
         assert s["errors"] < s["programs"], f"{name}: every program failed: {done.stderr[-2000:]}"
+        assert s["floor"] == 2 and 0.0 <= s["attainment_at_floor"] <= s["attainment"], (name, s)
+        assert s["below_floor"] == round((s["attainment"] - s["attainment_at_floor"]) * s["programs"]), (name, s)
     records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
     assert len(records) == sum(s["programs"] for s in summary["classes"].values())
     served = [r for r in records if r["user_class"] != "BaselineUser" and not r["error"]]
@@ -57,6 +59,8 @@ def test_locust_headless_run_writes_stats_and_an_slo_summary(server, tmp_path):
         assert 0 < s["latency_s"] <= s["sent_at"] - s["received_at"] + 0.01, r
     assert all(r["server"] is None for r in records if r["user_class"] == "BaselineUser")
     assert all(r["steps"] <= 2 for r in records), "budget 2: no program votes over more samples"
+    served_quality = [r["server"]["quality"] for r in served if r["ended"]]
+    assert served_quality and all(q["floor"] == 2 for q in served_quality), "the floor reached the server"
 
 
 def test_locust_runs_code_programs_and_a_code_baseline_graded_by_hidden_tests(server, tmp_path):

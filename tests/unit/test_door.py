@@ -16,6 +16,7 @@ from program_request import CancelRequest, default_allocation, parse_program_req
 from sampling_request import parse_request  # noqa: E402
 
 from scheduler_backend.errors import RequestError  # noqa: E402
+from scheduler_backend.quality import QualityFloor  # noqa: E402
 from scheduler_backend.registry import Limits, create  # noqa: E402
 from serving.door_json import dump_json, parse_json  # noqa: E402
 
@@ -164,3 +165,20 @@ def test_each_program_gets_the_default_calibration_fitted_on_it(tmp_path):
         built = parse_program_request(question, program, None, {}, default_program="self-consistency", limits=Limits(),
                                       max_deadline_s=60, calibration_dir=tmp_path, default=default).program
         assert built.policy.settle == settle
+
+
+def test_the_quality_floor_comes_from_the_operator_and_a_request_may_set_its_own():
+    operator = QualityFloor(units=4, action="refuse", count_probed=True)
+
+    def request(options):
+        return parse_program_request(Q, "self-consistency", json.dumps(options), {}, default_program="self-consistency",
+                                     limits=Limits(), max_deadline_s=60, default_floor=operator)
+
+    assert request({}).floor == operator
+    assert request({"floor": 2, "floor_action": "degrade"}).floor == QualityFloor(2, "degrade", count_probed=True)
+    for options, message in (({"floor": -1}, "options.floor: expected a whole number"),
+                             ({"floor": 2.5}, "options.floor: expected a whole number"),
+                             ({"floor_action": "drop"}, "options.floor_action: must be one of degrade, refuse"),
+                             ({"floor": 20, "budget": 8}, r"options.floor: 20 knob units is above the program's budget \(8\)")):
+        with pytest.raises(RequestError, match=message):
+            request(options)

@@ -103,6 +103,21 @@ def test_summary_per_class() -> None:
         summarize(records, 0.0)
 
 
+def test_the_summary_counts_attainment_at_the_floor_apart_from_guesses() -> None:
+    from dataclasses import replace
+
+    floor = 4
+    records = [replace(record("A"), steps=4, floor=floor),  # in time, on the floor: counts
+               replace(record("A"), steps=6, probed=3, floor=floor),  # in time, 3 finished: below the floor
+               replace(record("A", correct=False), steps=1, floor=floor),  # a guess after one sample
+               replace(record("A", latency=9.0), steps=8, floor=floor)]  # late
+    a = summarize(records, duration_s=10.0)["A"]
+    assert a.attainment == 0.75 and a.attainment_at_floor == 0.25 and a.below_floor == 2
+    assert a.goodput_at_floor_per_s == pytest.approx(0.1) and a.correct_goodput_per_s == pytest.approx(0.2)
+    assert a.floor == 4
+    assert "at floor" in format_summary({"A": a}).splitlines()[0]
+
+
 def test_percentile_interpolates_and_handles_edges() -> None:
     assert percentile([3.0, 1.0, 2.0], 50) == 2.0
     assert percentile([1.0, 2.0], 90) == pytest.approx(1.9)

@@ -15,6 +15,7 @@ from loadtest.simulator import SYSTEMS, SimConfig, main, simulate, sustainable_r
 from loadtest.slo_report import AGREEMENT_POINTS, engine_model, equal_accuracy_bound, load_real
 from loadtest.virtual_loop import run_virtual
 from scheduler_backend.allocation import ThresholdPolicy
+from scheduler_backend.quality import QualityFloor
 from scheduler_backend.engine import GenerateCall, SamplingSpec
 from scheduler_backend.programs.base import sample_answer
 from scheduler_backend.registry import create
@@ -316,3 +317,17 @@ def test_code_traces_simulate_with_answers_graded_as_their_samples_were():
     result = simulate("dynasor", [right, wrong], rate=0.1, slo_scale=1, programs=20, model=GPU, policy=policy)
     by_answer = {r.answer: r.correct for r in result.records}
     assert by_answer == {passing: True, failing: False}
+
+
+def test_a_refusing_floor_in_the_simulator_serves_no_guess_below_it():
+    """Under overload, a floor of 8 samples with `refuse`: every answer served rests on 8 finished
+    samples; the rest are refused (errors, as UNAVAILABLE is to a client), none is a guess."""
+    floor = QualityFloor(units=8, action="refuse")
+    result = simulate("dynasor", GSM8K, rate=6, slo_scale=0.5, programs=150, model=GPU, config=SimConfig(floor=floor))
+    answered = [r for r in result.records if r.answer is not None]
+    refused = [r for r in result.records if r.error.startswith("floor:")]
+    assert answered and refused, (len(answered), len(refused))
+    assert all(r.floor_met for r in answered)
+    degraded = simulate("dynasor", GSM8K, rate=6, slo_scale=0.5, programs=150, model=GPU,
+                        config=SimConfig(floor=QualityFloor(units=8, action="degrade")))
+    assert any(r.answer is not None and not r.floor_met for r in degraded.records), "degrade serves guesses below it"

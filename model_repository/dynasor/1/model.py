@@ -25,6 +25,7 @@ from scheduler_backend.capacity import ConcurrencyController  # noqa: E402
 from scheduler_backend.engine import Engine  # noqa: E402
 from scheduler_backend.errors import RequestError  # noqa: E402
 from scheduler_backend.program import ProgramState, StopReason  # noqa: E402
+from scheduler_backend.quality import QualityFloor  # noqa: E402
 from scheduler_backend.registry import Limits, load_plugins  # noqa: E402
 from scheduler_backend.runner import ProgramRunner  # noqa: E402
 from scheduler_backend.sandbox import default_sandbox  # noqa: E402
@@ -65,6 +66,11 @@ class TritonPythonModel:
         self._per_client: dict[str, int] = {}
         self._programs: dict[str, str] = {}  # program id -> runner pid, for cancel_program
         self.max_deadline_s = float(p.get("max_deadline_s", "3600"))
+        try:
+            self.default_floor = QualityFloor(int(p.get("quality_floor", "0")), p.get("floor_action", "degrade"),
+                                              _flag(p.get("floor_counts_probed", "false"), "floor_counts_probed"))
+        except ValueError as e:
+            raise pb_utils.TritonModelException(f"parameters.{e}") from None
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.calibration_dir = version_dir / p.get("calibration_dir", "calibrations")
         try:
@@ -128,11 +134,14 @@ class TritonPythonModel:
             if isinstance(req, CancelRequest):
                 self._cancel_program(req.program_id, sender)
                 return
-            refusal = self._over_limit(req.client_id)
+            refusal, cause = self._over_limit(req.client_id), "over_limit"
             if not refusal and (infeasible := self.runner.refusal(req.program, req.deadline_s)):
-                refusal = f"{infeasible} (config.pbtxt admission = feasible)"
+                refusal, cause = f"{infeasible} (config.pbtxt admission = feasible)", "deadline_at_arrival"
+            if not refusal and (below := self.runner.floor_refusal(req.program, req.deadline_s, req.floor)):
+                refusal, cause = below, "floor_at_arrival"
             if refusal:
                 self.metrics.count("dynasor_programs_total", {"stop_reason": "refused"})
+                self.metrics.count("dynasor_refusals_total", {"program": req.program_name, "cause": cause})
                 send_error(sender, refusal, pb_utils.TritonError.UNAVAILABLE)
                 return
             program_id = uuid.uuid4().hex
@@ -151,7 +160,7 @@ class TritonPythonModel:
                         sender.send(_response(state, program_id))
 
         try:
-            state = await self.runner.run(pid, req.program, req.deadline_s, progress)
+            state = await self.runner.run(pid, req.program, req.deadline_s, progress, floor=req.floor)
         finally:
             watcher.cancel()
             with STUB_LOCK:
@@ -168,6 +177,9 @@ class TritonPythonModel:
                 send_error(sender, "program was cancelled", pb_utils.TritonError.CANCELLED)
             elif state.stop_reason is StopReason.ERROR:
                 send_error(sender, f"program failed: {state.extra.get('error', 'engine error')}", pb_utils.TritonError.UNAVAILABLE)
+            elif state.stop_reason is StopReason.REFUSED:
+                self.metrics.count("dynasor_refusals_total", {"program": req.program_name, "cause": _refusal_cause(state)})
+                send_error(sender, f"{state.extra['refusal']} (options.floor_action = refuse)", pb_utils.TritonError.UNAVAILABLE)
             else:
                 # Wall-clock stamps let a client split its latency: the trip in, the server, the trip out.
                 final = _response(state, program_id, received_at=round(received_at, 4), sent_at=round(time.time(), 4))
@@ -208,6 +220,7 @@ class TritonPythonModel:
                 max_deadline_s=self.max_deadline_s,
                 calibration_dir=self.calibration_dir,
                 default=self.default_allocation,
+                default_floor=self.default_floor,
             )
         except RequestError as e:
             self.metrics.count("dynasor_programs_total", {"stop_reason": "invalid"})
@@ -269,8 +282,26 @@ _METRICS = (
     ("dynasor_program_certaindex_at_stop", "Certaindex of programs when they stopped", "histogram"),
     ("dynasor_program_tokens_used_total", "Tokens generated for programs", "counter"),
     ("dynasor_program_tokens_saved_total", "Tokens not spent against the cap (unused knob units times tokens per unit)", "counter"),
-    ("dynasor_program_deadline_total", "Programs with a deadline, by outcome (met: answered by it; missed: none by then)", "counter"),
+    ("dynasor_program_deadline_total", "Programs with a deadline, by outcome (met: answered by it on the quality floor; "
+                                       "met_below_floor: answered by it below the floor; missed: no answer by then; "
+                                       "refused: the floor could not be met by it)", "counter"),
+    ("dynasor_answers_total", "Answers served, by program and quality (floor_met: rests on the quality floor's units; "
+                              "below_floor: a degraded answer; probed: rests on answers probed from unfinished samples)", "counter"),
+    ("dynasor_refusals_total", "Programs refused, by program and cause (over_limit, deadline_at_arrival, floor_at_arrival, "
+                               "floor_mid_run, floor_at_deadline)", "counter"),
 )
+
+
+def _flag(value: str, name: str) -> bool:
+    if value.strip().lower() not in ("true", "false"):
+        raise ValueError(f"{name}: must be true or false, got {value!r}")
+    return value.strip().lower() == "true"
+
+
+def _refusal_cause(state: ProgramState) -> str:
+    """A REFUSED program's cause: stopped before its deadline (the rate showed the floor out of
+    reach), or at the deadline with an answer below the floor."""
+    return "floor_at_deadline" if state.extra["refusal"].startswith("floor: the deadline came") else "floor_mid_run"
 
 
 def _record(metrics: Metrics, state: ProgramState, program: str, deadline_s: float | None) -> None:
@@ -281,6 +312,15 @@ def _record(metrics: Metrics, state: ProgramState, program: str, deadline_s: flo
     metrics.count("dynasor_program_tokens_used_total", labels, state.tokens_used)
     if state.steps and state.budget > state.steps:
         metrics.count("dynasor_program_tokens_saved_total", labels, (state.budget - state.steps) * state.tokens_used / state.steps)
+    quality = state.extra.get("quality")
     if deadline_s is not None:  # stopped by its deadline with an answer is an answer in time
         met = state.stop_reason is not StopReason.DEADLINE or state.answer is not None
-        metrics.count("dynasor_program_deadline_total", {"outcome": "met" if met else "missed"})
+        outcome = "met" if met else "missed"
+        if state.stop_reason is StopReason.REFUSED:
+            outcome = "refused"
+        elif met and quality is not None and not quality["floor_met"]:
+            outcome = "met_below_floor"  # in time, but with a guess below the quality floor
+        metrics.count("dynasor_program_deadline_total", {"outcome": outcome})
+    if state.answer is not None and quality is not None:
+        kind = "probed" if quality["probed"] else "floor_met" if quality["floor_met"] else "below_floor"
+        metrics.count("dynasor_answers_total", {**labels, "quality": kind})

@@ -2,8 +2,9 @@
 Every refusal names the field. No Triton import, so it is unit-tested on its own.
 
 Options come from the `options` JSON input and from request parameters (HTTP generate_stream puts
-extra JSON keys there); the input wins. The door keeps the serving options (deadline, progress,
-calibration) and hands the rest to the program registry, which validates them per program.
+extra JSON keys there); the input wins. The door keeps the serving options (deadline, quality
+floor, progress, calibration) and hands the rest to the program registry, which validates them per
+program.
 """
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from scheduler_backend.allocation import load_calibration, policy_to_dict
 from scheduler_backend.errors import RequestError
 from scheduler_backend.program import ReasoningProgram
+from scheduler_backend.quality import FLOOR_ACTIONS, QualityFloor
 from scheduler_backend.registry import Limits, create
 from serving.door_json import parse_json
 from serving.triton_model import text
@@ -38,6 +40,22 @@ class ProgramRequest:
     deadline_s: float | None
     progress: bool
     client_id: str | None = None
+    floor: QualityFloor = field(default_factory=QualityFloor)
+
+
+NO_FLOOR = QualityFloor()
+
+
+def _floor(options: dict[str, Any], default: QualityFloor) -> QualityFloor:
+    """The request's quality floor (`floor`, `floor_action` options) over the operator's default;
+    whether probed answers count stays the operator's."""
+    units = options.pop("floor", default.units)
+    action = options.pop("floor_action", default.action)
+    if isinstance(units, bool) or not isinstance(units, int) or units < 0:
+        raise RequestError(f"options.floor: expected a whole number of knob units >= 0, got {units!r}")
+    if action not in FLOOR_ACTIONS:
+        raise RequestError(f"options.floor_action: must be one of {', '.join(FLOOR_ACTIONS)}, got {action!r}")
+    return QualityFloor(units, action, default.count_probed)
 
 
 def _deadline(value: Any, max_deadline_s: float) -> float | None:
@@ -119,6 +137,7 @@ def parse_program_request(
     max_deadline_s: float,
     calibration_dir: Path | None = None,
     default: DefaultAllocation | None = None,
+    default_floor: QualityFloor = NO_FLOOR,
 ) -> ProgramRequest | CancelRequest:
     """Validated request, or RequestError naming the first bad field."""
     if "cancel_program" in parameters:
@@ -136,6 +155,7 @@ def parse_program_request(
             raise RequestError(f"options: expected a JSON object, got {type(given).__name__}")
         options.update(given)
     deadline_s = _deadline(options.pop("deadline_s", None), max_deadline_s)
+    floor = _floor(options, default_floor)
     progress = options.pop("progress", True)
     if not isinstance(progress, bool):
         raise RequestError(f"options.progress: expected true or false, got {progress!r}")
@@ -146,4 +166,6 @@ def parse_program_request(
     elif default is not None and program_name in default.policies and not _ALLOCATION_KEYS & set(options):
         options["allocation"] = default.policies[program_name]
     built = create(program_name, question_text, options, limits)
-    return ProgramRequest(question_text, program_name, built, deadline_s, progress, client_id)
+    if floor.units > built.budget:
+        raise RequestError(f"options.floor: {floor.units} knob units is above the program's budget ({built.budget})")
+    return ProgramRequest(question_text, program_name, built, deadline_s, progress, client_id, floor)
