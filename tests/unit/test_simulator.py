@@ -15,9 +15,9 @@ from loadtest.simulator import SYSTEMS, SimConfig, main, simulate, sustainable_r
 from loadtest.slo_report import AGREEMENT_POINTS, engine_model, equal_accuracy_bound, load_real
 from loadtest.virtual_loop import run_virtual
 from scheduler_backend.allocation import ThresholdPolicy
-from scheduler_backend.quality import QualityFloor
 from scheduler_backend.engine import GenerateCall, SamplingSpec
 from scheduler_backend.programs.base import sample_answer
+from scheduler_backend.quality import QualityFloor
 from scheduler_backend.registry import create
 from scheduler_backend.runner import ProgramRunner
 from scheduler_backend.scheduler import Scheduler
