@@ -3,7 +3,9 @@ and the sample's behaviour on them as a fingerprint, so that samples vote on wha
 do rather than on how they are written (clustering by execution, as AlphaCode and CodeT do).
 
 The inputs come from the statement only: the calls its docstring shows (`>>> f(2)`, `f(2) == 4`,
-`f(2) ➞ 4`), and a few made from the parameters' type hints. Hidden tests never take part; they
+`f(2) ➞ 4`), and a few made from the parameters' type hints; failing both, examples written as
+values (`arr = [1, 2]`, `Input: [4, 2]`). A statement with none of these is voted on the programs'
+written form instead (only identical programs agree). Hidden tests never take part; they
 grade programs for traces and figures (`passes_tests`), never the vote.
 """
 from __future__ import annotations
@@ -98,10 +100,60 @@ def _hint_calls(question: str, name: str, count: int = 4) -> list[str]:
     return [f"{name}({', '.join(_HINT_VALUES[h][i] for h in hints)})" for i in range(count)]
 
 
+def _literal_at(text: str, start: int) -> str | None:
+    """The Python literal that starts at text[start] (a bracketed or quoted one, or a number or
+    boolean), or None."""
+    if start >= len(text):
+        return None
+    if text[start] in "[({'\"":
+        depth, quote, i = 0, None, start
+        while i < len(text):
+            c = text[i]
+            if quote:
+                quote = None if c == quote else quote
+            elif c in "'\"":
+                quote = c
+            else:
+                depth += (c in "[({") - (c in "])}")
+                if depth == 0:
+                    break
+            i += 1
+        candidate = text[start:i + 1] if depth == 0 else None
+    else:
+        m = re.match(r"-?\d+(?:\.\d+)?|True|False", text[start:])
+        candidate = m.group() if m else None
+    if candidate is None:
+        return None
+    try:
+        ast.literal_eval(candidate)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+    return " ".join(candidate.split())
+
+
+def _example_calls(doc: str, name: str, params: list[str]) -> list[str]:
+    """Calls from examples written as values (`arr = [1, 2]`, `grid : [[0, 1]]`, `Input: [4, 2]`
+    for a one-parameter function): the i-th value of every parameter together."""
+    values: list[list[str]] = []
+    for param in params:
+        found = [v for m in re.finditer(rf"(?<![\w.]){re.escape(param)}\s*[:=]\s*", doc)
+                 if (v := _literal_at(doc, m.end())) is not None]
+        if not found and len(params) == 1:
+            found = [v for m in re.finditer(r"Input\s*:\s*", doc) if (v := _literal_at(doc, m.end())) is not None]
+        values.append(found)
+    count = min((len(v) for v in values), default=0)
+    return [f"{name}({', '.join(v[i] for v in values)})" for i in range(count)]
+
+
 def code_problem(question: str) -> CodeProblem:
     name = entry_point(question)
-    doc_start = question.find(f"def {name}")
-    calls = _calls_in(question[doc_start:], name) + _hint_calls(question, name)
+    doc = question[question.find(f"def {name}"):]
+    fn = next(n for n in reversed(ast.parse(question).body)
+              if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == name)
+    params = [a.arg for a in fn.args.posonlyargs + fn.args.args]
+    calls = _calls_in(doc, name) + _hint_calls(question, name)
+    if not calls:
+        calls = _example_calls(doc, name, params)
     return CodeProblem(question, name, tuple(dict.fromkeys(calls)))
 
 
@@ -131,8 +183,24 @@ def fingerprint(run: RunResult) -> str | None:
     return BEHAVIOUR_PREFIX + digest
 
 
+def written_form(source: str | None, entry: str) -> str | None:
+    """For a problem whose statement gives no call to probe with: the entry function as written
+    (its syntax tree, docstrings and names of locals kept), so only identical programs agree and
+    certaindex stays low where behaviour cannot be compared."""
+    if source is None:
+        return None
+    fn = next((n for n in reversed(ast.parse(source).body)
+               if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == entry), None)
+    if fn is None or (len(fn.body) == 1 and isinstance(fn.body[0], ast.Expr)):
+        return None  # no body of its own: the question's signature only
+    return BEHAVIOUR_PREFIX + "ast-" + hashlib.sha256(ast.dump(fn).encode()).hexdigest()[:16]
+
+
 def behaviours(sources: Sequence[str | None], problem: CodeProblem, sandbox: Sandbox | None = None) -> list[str | None]:
-    """Each program's fingerprint on the problem's probe calls, run in the sandbox concurrently."""
+    """Each program's fingerprint on the problem's probe calls, run in the sandbox concurrently;
+    by its written form where the statement gives no call."""
+    if not problem.calls:
+        return [written_form(s, problem.entry_point) for s in sources]
     sandbox = sandbox or default_sandbox()
     todo = [(i, s) for i, s in enumerate(sources) if s is not None]
     runs = sandbox.run_many([{"source": s, "entry_point": problem.entry_point, "calls": list(problem.calls)}

@@ -9,7 +9,7 @@ import pytest
 
 from engines.scripted import ScriptedEngine
 from scheduler_backend.allocation import ThresholdPolicy, UniformPolicy
-from scheduler_backend.code_behaviour import code_problem, entry_point, extract_program, passes_tests
+from scheduler_backend.code_behaviour import behaviours, code_problem, entry_point, extract_program, passes_tests
 from scheduler_backend.datasets import is_correct, load
 from scheduler_backend.engine import SamplingSpec
 from scheduler_backend.errors import RequestError
@@ -105,3 +105,23 @@ def test_code_traces_replay_per_sample_with_the_tests_verdicts():
     assert out.correct.all()  # majority of a,a,a,b is a, which the tests passed
     flipped = {**trace, "id": "u", "samples": [{**s, "correct": not s["correct"]} for s in samples]}
     assert not uniform(build_table([flipped], orderings=4), 4).correct.any()
+
+
+def test_examples_written_as_values_become_probe_calls():
+    question = ('def pick(arr, k):\n    """The k-th smallest.\n    Example:\n        Input: arr = [3, 1, 2], k = 2\n'
+                '        Output: 2\n        Input: arr = [5], k = 1\n        Output: 5\n    """\n')
+    assert code_problem(question).calls == ("pick([3, 1, 2], 2)", "pick([5], 1)")
+    single = 'def first(arr):\n    """Example 1:\n        Input: [4,2,3]\n        Output: 4\n    """\n'
+    assert code_problem(single).calls == ("first([4,2,3])",)
+
+
+def test_without_any_call_to_probe_only_identically_written_programs_agree():
+    question = 'def area(grid, capacity):\n    """Count the fills.\n    """\n'
+    problem = code_problem(question)
+    assert problem.calls == ()
+    texts = ["```python\ndef area(grid, capacity):\n    return sum(map(sum, grid)) // capacity\n```"] * 2 + \
+            ["```python\ndef area(grid, capacity):\n    total = sum(map(sum, grid))\n    return total // capacity\n```",
+             "no code"]
+    prints = behaviours([extract_program(t, problem) for t in texts], problem)
+    assert prints[0] == prints[1] != prints[2] and prints[3] is None
+    assert all(p.startswith("behaviour:ast-") for p in prints[:3])
