@@ -254,7 +254,8 @@ def simulate(system: System | str, traces: Sequence[Mapping[str, Any]], *, rate:
     if config.balancer not in ("least-loaded", "round-robin") or config.replicas < 1:
         raise ValueError(f"config: balancer must be least-loaded or round-robin and replicas >= 1, got {config}")
     deadline_s = program_deadline(slo_scale, config.base_deadline_s)
-    chosen = (policy or default_allocation()[1]) if system.certaindex else UniformPolicy()
+    program = str(traces[0].get("program", "self-consistency")) if traces else "self-consistency"
+    chosen = (policy or default_allocation(program)[1]) if system.certaindex else UniformPolicy()
     arrival_list = arrivals(traces, rate, programs, config.seed)
     samples = TraceSamples(traces, config.seed)
     bar = tqdm(total=programs, desc=f"{system.name} rate={rate:g} slo={slo_scale:g}", unit="prog", leave=False) if progress else None
@@ -322,11 +323,12 @@ def tightest_slo_scale(rows: Sequence[Mapping[str, Any]], system: str, rate: flo
 
 
 def format_rows(rows: Sequence[Mapping[str, Any]]) -> str:
-    header = (f"{'system':<16}{'rate/s':>8}{'slo':>6}{'progs':>7}{'SLO att.':>9}{'goodput/s':>10}{'p50 s':>8}{'p99 s':>8}"
-              f"{'accuracy':>9}{'tokens':>8}{'ftf p50':>8}{'ftf p99':>8}{'wall s':>8}")
+    header = (f"{'system':<16}{'rate/s':>8}{'slo':>6}{'progs':>7}{'SLO att.':>9}{'at floor':>9}{'goodput/s':>10}{'right/s':>8}"
+              f"{'p50 s':>8}{'p99 s':>8}{'accuracy':>9}{'tokens':>8}{'ftf p50':>8}{'ftf p99':>8}{'wall s':>8}")
     out = [header]
     for r in rows:
-        out.append(f"{r['system']:<16}{r['rate']:>8g}{r['slo_scale']:>6g}{r['programs']:>7}{r['attainment']:>9.1%}{r['goodput_per_s']:>10.3f}"
+        out.append(f"{r['system']:<16}{r['rate']:>8g}{r['slo_scale']:>6g}{r['programs']:>7}{r['attainment']:>9.1%}"
+                   f"{r['attainment_at_floor']:>9.1%}{r['goodput_per_s']:>10.3f}{r['correct_goodput_per_s']:>8.3f}"
                    f"{r['p50_latency_s']:>8.2f}{r['p99_latency_s']:>8.2f}{r['accuracy']:>9.1%}{r['mean_tokens']:>8.0f}"
                    f"{r['ftf_p50']:>8.2f}{r['ftf_p99']:>8.2f}{r['wall_s']:>8.1f}")
     return "\n".join(out)
@@ -352,6 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-running", type=int, default=None, help="programs admitted per replica (default: auto, from measured capacity, as the server)")
     p.add_argument("--policy", default=None, help="allocation policy file (default: the shipped calibration's curve)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--floor", type=int, default=0, help="dynasor's quality floor in samples; records are judged at it")
+    p.add_argument("--floor-action", choices=("degrade", "refuse"), default="degrade")
     p.add_argument("--target", type=float, default=0.9, help="SLO attainment for the sustainable rate and tightest SLO")
     p.add_argument("--output", default="runs/simulator.json")
     o = p.parse_args(argv)
@@ -361,7 +365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     systems = o.systems.split(",")
     model = EngineModel.load(o.engine)
     config = SimConfig(budget=o.budget, round_size=o.round_size, base_deadline_s=o.base_deadline_s, replicas=o.replicas,
-                       balancer=o.balancer, max_running=o.max_running, seed=o.seed)
+                       balancer=o.balancer, max_running=o.max_running, seed=o.seed,
+                       floor=QualityFloor(o.floor, o.floor_action))
     policy = load_policy(o.policy, "curve") if o.policy else None
     traces = load_traces(o.traces)
     rates, scales = _floats(o.rates), _floats(o.slo_scales)

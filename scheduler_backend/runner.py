@@ -250,53 +250,61 @@ class ProgramRunner:
         return (f"deadline_s: {deadline_s:g} s cannot be met: the first step of {program.name} needs about "
                 f"{tokens:,.0f} tokens, about {need_s:.1f} s at the measured {rate:,.0f} tokens/s per program{waiting}")
 
+    def _round_s(self, program: ReasoningProgram) -> float | None:
+        """Seconds one round of the program's samples takes: one knob unit's tokens at the speed of
+        one sequence (the engine's tokens/s over the sequences in flight); None until measured.
+        Samples of a round run side by side, so this, not units x tokens at the program's share of
+        the rate, is what a round costs when the engine has room."""
+        rate = self.throughput.rate
+        if rate is None or rate <= 0:
+            return None
+        return self._unit_cost(program) * max(self.throughput.sequences, 1) / rate
+
     def floor_refusal(self, program: ReasoningProgram, deadline_s: float | None, floor: QualityFloor) -> str:
         """Why `program` is refused at arrival under a refusing quality floor, or "": once a rate is
-        measured, when the floor's knob units (x tokens per unit of its kind, at the per-program
-        rate, after the wait for a slot when all are busy) do not fit before its deadline."""
-        rate = self._rate_per_program()
-        if not floor.refuses or deadline_s is None or rate is None:
+        measured, when a round of its floor's samples (issued together, as a deadline makes them)
+        does not fit before its deadline after the wait for a slot when all are busy."""
+        round_s, rate = self._round_s(program), self._rate_per_program()
+        if not floor.refuses or deadline_s is None or round_s is None or rate is None:
             return ""
-        units = max(floor.units, program.first_units())
-        need_s = units * self.tokens_per_unit(program.name) / rate
         busy = self.scheduler.running >= self.scheduler.max_running
         wait_s = self.scheduler.least_running_work() / rate if busy else 0.0
-        if wait_s + need_s <= deadline_s:
+        if wait_s + round_s <= deadline_s:
             return ""
-        return (f"floor: an answer resting on {floor.units} knob units of {program.name} needs about {wait_s + need_s:.1f} s "
-                f"here now (estimated wait {wait_s:.1f} s for a slot, {need_s:.1f} s of work at the measured "
-                f"{rate:,.0f} tokens/s per program); deadline_s is {deadline_s:g} s")
+        return (f"floor: an answer resting on {floor.units} knob units of {program.name} needs about {wait_s + round_s:.1f} s "
+                f"here now (estimated wait {wait_s:.1f} s for a slot, then {round_s:.1f} s for its samples at the measured "
+                f"{self.throughput.rate:,.0f} tokens/s over {max(self.throughput.sequences, 1)} sequences); "
+                f"deadline_s is {deadline_s:g} s")
 
     def _fit_to_deadline(self, live: _Live, deadline: float | None) -> None:
         """Before new steps: cap the budget to the knob units that fit before the deadline at the
         per-program rate, so later rounds ask for less instead of being cut. When not one more
         unit fits, a program with an answer stops now (DEADLINE: on time, its compute freed); one
         without keeps a single unit, its only chance of an answer. Under a refusing quality floor
-        the budget never drops below the floor, and a program whose floor no longer fits is
-        stopped at once (REFUSED), freeing its compute, with the time it would have needed."""
+        the budget never drops below the floor, and a program whose floor's missing units no
+        longer fit in one round before the deadline is stopped at once (REFUSED), freeing its
+        compute, with the time it would have needed."""
         program = live.program
         rate = self._rate_per_program()
-        if deadline is None or rate is None or program.done:
+        round_s = self._round_s(program)
+        if deadline is None or rate is None or round_s is None or program.done:
             return
         time_left = max(deadline - self.clock(), 0.0)
-        unit_cost = self._unit_cost(program)
-        fit = math.floor(time_left * rate / unit_cost)
+        fit = math.floor(time_left * rate / self._unit_cost(program))
         floor = live.floor
-        if floor.refuses and program.steps_used() + fit < floor.units:
-            missing = floor.units - program.steps_used()
+        if floor.refuses and program.steps_used() < floor.units and time_left < round_s:
             live.refusal = (f"floor: {floor.units} knob units of {program.name} cannot be reached by the deadline: "
-                            f"{program.steps_used()} done, {missing} more need about {missing * unit_cost / rate:.1f} s "
-                            f"at the measured {rate:,.0f} tokens/s per program, {time_left:.1f} s left")
+                            f"{program.steps_used()} done, the rest need a round of about {round_s:.1f} s at the measured "
+                            f"{self.throughput.rate:,.0f} tokens/s over {max(self.throughput.sequences, 1)} sequences, "
+                            f"{time_left:.1f} s left")
             program.stop(StopReason.REFUSED)
             return
         if fit < 1 and program.has_answer() and (not floor.refuses or program.steps_used() >= floor.units):
             program.stop(StopReason.DEADLINE)
             return
         program.limit_budget(max(program.steps_used() + max(fit, 1), floor.units if floor.refuses else 0))
-        # A round lasts about one sample's tokens at the speed of one sequence (the engine's
-        # tokens/s over the sequences in flight); without time for two, the next is the last.
-        assert self.throughput.rate is not None, "a per-program rate implies a measured one"
-        round_s = self._unit_cost(program) * max(self.throughput.sequences, 1) / self.throughput.rate
+        # A round lasts about one sample's tokens at the speed of one sequence; without time for
+        # two, the next is the last.
         if time_left < 2 * round_s:
             program.last_round()
 

@@ -58,7 +58,7 @@ class SelfConsistency(PolicyProgram):
     def next_steps(self) -> list[Step]:
         if self.done or self._waiting:
             return []
-        size = self.first_round if self._rounds == 0 else self.round_size
+        size = self._first_size() if self._rounds == 0 else self.round_size
         size = min(self.budget if self._last_round else size, self.budget - self._issued)
         if size < 1:
             return []
@@ -71,8 +71,13 @@ class SelfConsistency(PolicyProgram):
     def last_round(self) -> None:
         self._last_round = True
 
+    def _first_size(self) -> int:
+        """The first round: the detection step, or the quality floor where that is more, since no
+        answer may stop below the floor: its samples run side by side rather than in rounds."""
+        return max(self.first_round, self.min_units)
+
     def first_units(self) -> int:
-        return min(self.first_round, self.budget)
+        return min(self._first_size(), self.budget)
 
     def units_committed(self) -> int:
         return self._issued

@@ -9,7 +9,8 @@ import asyncio
 import pytest
 
 from engines.scripted import ScriptedEngine
-from scheduler_backend.program import ProgramState, StopReason
+from scheduler_backend.engine import SamplingSpec
+from scheduler_backend.program import GenerateStep, ProgramState, ReasoningProgram, Step, StepResult, StopReason
 from scheduler_backend.quality import QualityFloor
 from tests.unit.test_deadlines import AGREE_ENGINE, FakeClock, clocked_engine, measured, sc
 
@@ -27,32 +28,76 @@ def test_the_floor_keeps_a_settled_program_going_until_its_answer_rests_on_the_f
                                         "stop_reason": "settled"}
 
 
-def test_refuse_at_arrival_when_the_floor_cannot_fit_before_the_deadline():
-    runner = measured(AGREE_ENGINE, rate=20.0)  # 10 tokens a sample: 2 samples/s
+def test_refuse_at_arrival_when_a_round_of_the_floor_cannot_fit_before_the_deadline():
+    runner = measured(AGREE_ENGINE, rate=20.0)  # 10 tokens a sample
+    runner.throughput.sequences = 16  # a busy engine: one sequence gets 1.25 tokens/s, a round takes 8 s
     refusal = runner.floor_refusal(sc(), 3.0, REFUSE_8)
-    assert refusal.startswith("floor: an answer resting on 8 knob units of self-consistency needs about 4.0 s")
-    assert "deadline_s is 3 s" in refusal
-    assert runner.floor_refusal(sc(), 5.0, REFUSE_8) == ""
+    assert refusal.startswith("floor: an answer resting on 8 knob units of self-consistency needs about 8.0 s")
+    assert "deadline_s is 3 s" in refusal and "over 16 sequences" in refusal
+    assert runner.floor_refusal(sc(), 9.0, REFUSE_8) == ""
+    runner.throughput.sequences = 0  # idle: a round of samples side by side takes 0.5 s
+    assert runner.floor_refusal(sc(), 3.0, REFUSE_8) == ""
     assert runner.floor_refusal(sc(), 3.0, QualityFloor(units=8, action="degrade")) == "", "degrade admits"
     assert measured(AGREE_ENGINE, rate=None).floor_refusal(sc(), 3.0, REFUSE_8) == "", "no rate yet: admit"
 
 
+class OneAtATime(ReasoningProgram):
+    """A program whose knob units go out one after another (as a tree search's expansions or a
+    chain of thought's chunks do): each step one sample, the answer the last one's."""
+
+    name = "one-at-a-time"
+
+    def __init__(self, budget: int) -> None:
+        super().__init__("What is 3 + 5?", budget)
+        self.texts: list[str] = []
+        self.waiting = False
+
+    def next_steps(self) -> list[Step]:
+        if self.done or self.waiting or len(self.texts) >= self.budget:
+            return []
+        self.waiting = True
+        return [GenerateStep(key=f"s{len(self.texts)}", sampling=SamplingSpec(max_tokens=64))]
+
+    def _absorb(self, result: StepResult) -> None:
+        self.waiting = False
+        self.texts += [s.text for s in result.samples]
+        if len(self.texts) >= self.budget:
+            self._finish(StopReason.CAP)
+
+    def certaindex(self) -> float:
+        return 0.0
+
+    def best_answer(self) -> str | None:
+        return self.texts[-1] if self.texts else None
+
+    def steps_used(self) -> int:
+        return len(self.texts)
+
+
 def test_refuse_mid_run_as_soon_as_the_measured_rate_shows_the_floor_is_out_of_reach():
     clock = FakeClock()
-    engine = clocked_engine(clock, per_sample_s=1.0)  # slower than the 2 samples/s measured: 4 s a round
-    state = asyncio.run(measured(engine, clock).run("p", sc(), deadline_s=5.0, floor=REFUSE_8))
+    engine = clocked_engine(clock, per_sample_s=1.5)
+    runner = measured(engine, clock)
+    runner.throughput.sequences = 4  # a unit takes 2 s at the measured rate: after 4 units at 6 s, 1 s is too little
+    state = asyncio.run(runner.run("p", OneAtATime(budget=8), deadline_s=7.0, floor=REFUSE_8))
     assert state.stop_reason is StopReason.REFUSED and state.answer is None
-    assert len(engine.calls) == 1, "refused before a second round was started"
-    assert state.extra["refusal"].startswith("floor: 8 knob units of self-consistency cannot be reached by the deadline: 4 done")
+    assert len(engine.calls) == 4, "refused before a fifth unit was started"
+    assert state.extra["refusal"].startswith("floor: 8 knob units of one-at-a-time cannot be reached by the deadline: 4 done")
     assert state.extra["quality"]["floor_met"] is False and state.extra["quality"]["stop_reason"] == "refused"
+
+
+def test_self_consistency_sends_its_floor_in_the_first_round():
+    engine = ScriptedEngine(lambda call, i: "\\boxed{8}")
+    asyncio.run(measured(engine, rate=None).run("p", sc(budget=16), floor=QualityFloor(units=6)))
+    assert engine.calls[0].sampling.n == 6, "no answer may stop below the floor: its samples go side by side"
 
 
 def test_degrade_answers_below_the_floor_and_says_so():
     clock = FakeClock()
     engine = clocked_engine(clock, per_sample_s=1.2)
-    floor = QualityFloor(units=8, action="degrade")
-    state = asyncio.run(measured(engine, clock).run("p", sc(), deadline_s=5.0, floor=floor))
-    assert state.stop_reason is StopReason.DEADLINE and state.answer is not None
+    floor = QualityFloor(units=8, action="degrade")  # at the measured 8 tokens/s only 4 samples fit in 5 s
+    state = asyncio.run(measured(engine, clock, rate=8.0).run("p", sc(), deadline_s=5.0, floor=floor))
+    assert state.stop_reason is StopReason.CAP and state.answer is not None  # the deadline's cap: 4 samples
     assert state.extra["quality"]["units"] == 4 and state.extra["quality"]["floor_met"] is False
 
 
