@@ -33,15 +33,28 @@ from typing import Any
 HARNESS = Path(__file__).with_name("sandbox_harness.py")
 # The interpreter model code runs under: the distribution's, readable by any user, stdlib only.
 SYSTEM_PYTHON = "/usr/bin/python3"
-# bwrap's PID-namespace init can outlive bwrap as a zombie, and a host whose PID 1 reaps nothing (a
-# VM's init, tritonserver as a container's entrypoint) would keep it: the run goes under this reaper,
-# a child subreaper that waits for bwrap, reaps whatever was left to it and exits with bwrap's status.
-_REAPER = """
-import ctypes, os, sys
+# The run's first process, under the system Python: it takes the run's limits and user id itself
+# (so the server never forks with Python code to run in the child: a fork from a process with gRPC
+# threads, as the server's stub is, can break its streams, docs/PLATFORM.md pitfall 27), becomes a
+# child subreaper (bwrap's PID-namespace init can outlive bwrap as a zombie, and a host whose PID 1
+# reaps nothing would keep it), runs the command, reaps whatever was left to it and exits with the
+# command's status. argv: limits as JSON, then the command.
+_LAUNCHER = """
+import ctypes, json, os, resource, sys
+limits = json.loads(sys.argv[1])
 ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)
+resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu_s"], limits["cpu_s"] + 1))
+resource.setrlimit(resource.RLIMIT_AS, (limits["memory_mb"] << 20,) * 2)
+resource.setrlimit(resource.RLIMIT_FSIZE, (limits["output_bytes"],) * 2)
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+if limits["uid"] is not None:
+    resource.setrlimit(resource.RLIMIT_NPROC, (limits["processes"],) * 2)
+    os.setgroups([])
+    os.setgid(limits["uid"])
+    os.setuid(limits["uid"])
 pid = os.fork()
 if pid == 0:
-    os.execv(sys.argv[1], sys.argv[1:])
+    os.execv(sys.argv[2], sys.argv[2:])
 status = os.waitpid(pid, 0)[1]
 while True:
     try:
@@ -50,6 +63,8 @@ while True:
         break
 sys.exit(os.waitstatus_to_exitcode(status) % 256)
 """
+# As root, after a run: every process left under the run's uid is killed by a process of that uid.
+_KILL_UID = "import os, signal, sys; uid = int(sys.argv[1]); os.setgroups([]); os.setgid(uid); os.setuid(uid); os.kill(-1, signal.SIGKILL)"
 UID_BASE = 61000  # each concurrent run gets its own uid from here, so process limits do not collide
 UID_RANGE = 1000
 
@@ -159,39 +174,23 @@ class Sandbox:
         inner = [self.python, "-I", "-S", "-B", "/sandbox/harness.py" if self.bwrap else str(harness)]
         if not self.bwrap:
             return inner
-        return [self.python, "-I", "-S", "-c", _REAPER, self.bwrap, "--unshare-all", "--die-with-parent", "--new-session",
+        return [self.bwrap, "--unshare-all", "--die-with-parent", "--new-session",
                 "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
                 "--symlink", "usr/bin", "/bin", "--proc", "/proc", "--dev", "/dev",
                 "--bind", str(workdir), "/work", "--ro-bind", str(harness), "/sandbox/harness.py",
                 "--chdir", "/work", "--setenv", "HOME", "/work", "--setenv", "TMPDIR", "/work",
                 "--setenv", "PATH", "/usr/bin", "--setenv", "PYTHONHASHSEED", "0", "--", *inner]
 
-    def _preexec(self, uid: int) -> Any:
-        limits = self.limits
-
-        def apply() -> None:
-            import resource
-
-            os.setsid()
-            resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 1))
-            resource.setrlimit(resource.RLIMIT_AS, (limits.memory_mb << 20,) * 2)
-            resource.setrlimit(resource.RLIMIT_FSIZE, (limits.output_bytes,) * 2)
-            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-            if self.as_root:  # the limit counts every process of the uid: only a uid of its own can take it
-                resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes,) * 2)
-                os.setgroups([])
-                os.setgid(uid)
-                os.setuid(uid)
-        return apply
+    def _launch(self, uid: int, command: list[str]) -> list[str]:
+        """`command` under the launcher, with the run's limits and, as root, its own uid."""
+        limits = {"cpu_s": self.limits.cpu_s, "memory_mb": self.limits.memory_mb, "output_bytes": self.limits.output_bytes,
+                  "processes": self.limits.processes, "uid": uid if self.as_root else None}
+        return [self.python, "-I", "-S", "-c", _LAUNCHER, json.dumps(limits), *command]
 
     def _kill_uid(self, uid: int) -> None:
         """As root: whatever still runs under the run's uid (a daemon that left its session in the
         fallback) is killed by a process of that uid."""
-        def become() -> None:
-            os.setgid(uid)
-            os.setuid(uid)
-        subprocess.run([self.python, "-I", "-S", "-c", "import os, signal; os.kill(-1, signal.SIGKILL)"],
-                       preexec_fn=become, check=False, timeout=30, capture_output=True)
+        subprocess.run([self.python, "-I", "-S", "-c", _KILL_UID, str(uid)], check=False, timeout=30, capture_output=True)
 
     def _run(self, request: dict[str, Any], uid: int) -> RunResult:
         request = {"call_s": self.limits.call_s, **request}
@@ -209,8 +208,8 @@ class Sandbox:
             env = {"PATH": "/usr/bin", "PYTHONHASHSEED": "0", "HOME": str(workdir), "TMPDIR": str(workdir),
                    "DYNASOR_RESULT": "/work/.result" if self.bwrap else str(result_path)}
             with open(stdout, "wb") as out:
-                proc = subprocess.Popen(self._command(workdir, harness), stdin=subprocess.PIPE, stdout=out, stderr=out,
-                                        cwd=workdir, env=env, preexec_fn=self._preexec(uid), close_fds=True)
+                proc = subprocess.Popen(self._launch(uid, self._command(workdir, harness)), stdin=subprocess.PIPE, stdout=out,
+                                        stderr=out, cwd=workdir, env=env, close_fds=True, start_new_session=True)
                 failure = ""
                 try:
                     proc.communicate(json.dumps(request).encode(), timeout=self.limits.wall_s)
