@@ -42,7 +42,8 @@ class QualityFloor:
         return state.steps - (0 if self.count_probed else probed)
 
     def met(self, state: ProgramState) -> bool:
-        return state.answer is not None and self.rests_on(state) >= self.units
+        """No floor is always met; a floor, by an answer resting on its units."""
+        return self.units == 0 or (state.answer is not None and self.rests_on(state) >= self.units)
 
     def report(self, state: ProgramState) -> dict[str, Any]:
         """What a final response says its answer rests on."""

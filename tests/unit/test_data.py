@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_every_data_file_matches_its_checksum_in_sources():
     listed = re.findall(r"^([0-9a-f]{64})  (\S+)$", (DATA_DIR / "SOURCES.md").read_text(), re.MULTILINE)
-    assert len(listed) == 5
+    assert len(listed) == 6
     for digest, name in listed:
         assert hashlib.sha256((DATA_DIR / name).read_bytes()).hexdigest() == digest, name
         assert (DATA_DIR / name).parent.joinpath("LICENSE").is_file(), f"{name} has no license beside it"
@@ -27,7 +27,8 @@ def test_every_data_file_matches_its_checksum_in_sources():
 
 def test_every_set_loads_with_answers_that_grade():
     sizes = {name: len(load(name)) for name in DATASETS}
-    assert sizes == {"gsm8k": 1319, "math500": 500, "aime24": 30, "game24": 100, "grade-school": 200, "arithmetic": 200}
+    assert sizes == {"gsm8k": 1319, "math500": 500, "aime24": 30, "game24": 100, "grade-school": 200, "arithmetic": 200,
+                     "humaneval": 164}
     assert load("gsm8k")[0].gold == "18" and load("aime24")[0].gold == "204"
     for name in ("gsm8k", "math500", "aime24", "grade-school", "arithmetic"):
         problem = load(name, limit=1)[0]

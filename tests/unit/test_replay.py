@@ -4,6 +4,7 @@ the trade-off sweeps with their Table 4 analogue."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -244,9 +245,11 @@ def test_bench_batch_writes_every_plot_and_the_markdown(tmp_path, capsys) -> Non
     assert sorted(p.name for p in out.glob("*.png")) == ["gsm8k-synthetic.png", "trees-mcts.png", "trees-rebase.png", "unseen.png"]
     markdown = (out / "batch.md").read_text()
     assert markdown.count("### ") == 5 and "![gsm8k-synthetic](gsm8k-synthetic.png)" in markdown
-    assert "### The default allocation on data sets it was not fitted on" in markdown
-    assert "| unseen | 40 |" in markdown and "| gsm8k-synthetic |" not in markdown  # fitted on GSM8K: not a transfer
+    assert "### The default allocations on questions they were not fitted on, at budgets 8 and 16" in markdown
+    assert re.search(r"\| unseen \| `gsm8k-qwen0\.5b:curve` \| 8 \| 40 \|", markdown)
+    # fitted on GSM8K: only the eval half of a GSM8K file is held out
+    assert "| gsm8k-synthetic (eval half) |" in markdown and "| gsm8k-synthetic |" not in markdown
     printed = capsys.readouterr().out
     assert "== headline: self-consistency on gsm8k-synthetic, eval split" in printed
-    assert "on unseen (40 questions, not fitted on)" in printed
+    assert "on unseen (40 questions, not fitted on), budget 8" in printed
     assert bench_batch([f"--traces={tmp_path / 'none'}", f"--out={out}"]) == 1
