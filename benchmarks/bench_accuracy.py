@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     for dataset, r in results.items():
         s, p = r["summary"], r["plan"]
         print(f"{dataset:<14}{p['prompt']:<14}{p['max_tokens']:>7}{s['questions']:>10}{s['per_sample']:>11.1%}"
-              f"{s['majority']:>13.1%}{s['any']:>10.1%}{s['cap_rate']:>15.1%}{s['mean_tokens']:>12.0f}{r['seconds']:>9.0f}"
+              f"{s['majority']:>13.1%}{s['any']:>10.1%}{'-' if p['prompt'] == 'code' else format(s['cap_rate'], '.1%'):>15}{s['mean_tokens']:>12.0f}{r['seconds']:>9.0f}"
               + (f"   greedy pass@1 {s['greedy']:.1%}" if "greedy" in s else ""))
     return 0
 

@@ -17,19 +17,26 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CLASSES = {"DynasorGrpcUser": "dynasor-grpc", "DynasorHttpUser": "dynasor-http", "BaselineUser": "baseline"}
 
 
-def test_locust_headless_run_writes_stats_and_an_slo_summary(server, tmp_path):
-    summary_path = tmp_path / "summary.json"
+def run_locust(server, tmp_path, users: int, seconds: int, rate: str, *args: str, timeout_s: int = 60):
+    """A headless Locust run of loadtest/locustfile.py against the session's server (tiny programs:
+    budget 2, rounds of 2), its summary and records in `tmp_path`; the finished process."""
     cmd = [
         sys.executable, "-m", "locust", "-f", str(REPO_ROOT / "loadtest" / "locustfile.py"), "--headless", "--only-summary",
-        "-u", "3", "-r", "3", "-t", "8s", "--grpc-url", server.grpc_url, "--http-url", server.http_url,
-        "--program-rate", "1.0", "--base-deadline-s", "15", "--slo-scale", "1", "--budget", "2", "--max-tokens", "32",
-        "--dynasor-options", '{"round_size": 2}', "--seed", "3", "--exit-code-on-error", "0", "--floor", "2",
-        "--csv", str(tmp_path / "load"), "--summary-json", str(summary_path), "--records-json", str(tmp_path / "records.jsonl"),
-        *CLASSES,
+        "-u", str(users), "-r", str(users), "-t", f"{seconds}s", "--grpc-url", server.grpc_url, "--http-url", server.http_url,
+        "--program-rate", rate, "--slo-scale", "1", "--budget", "2", "--dynasor-options", '{"round_size": 2}',
+        "--exit-code-on-error", "0", "--summary-json", str(tmp_path / "summary.json"),
+        "--records-json", str(tmp_path / "records.jsonl"), *args,
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def test_locust_headless_run_writes_stats_and_an_slo_summary(server, tmp_path):
+    summary_path = tmp_path / "summary.json"
+    done = run_locust(server, tmp_path, 3, 8, "1.0", "--base-deadline-s", "15", "--max-tokens", "32", "--seed", "3",
+                      "--floor", "2", "--csv", str(tmp_path / "load"), *CLASSES)
 
     with open(tmp_path / "load_stats.csv") as f:
         rows = {row["Type"]: row for row in csv.DictReader(f) if row["Type"]}
@@ -68,17 +75,8 @@ def test_locust_runs_code_programs_and_a_code_baseline_graded_by_hidden_tests(se
     samples' programs by behaviour in the client, and every answer given is a program (SmolLM2
     rarely passes the tests: the grading itself is what runs)."""
     records_path = tmp_path / "records.jsonl"
-    cmd = [
-        sys.executable, "-m", "locust", "-f", str(REPO_ROOT / "loadtest" / "locustfile.py"), "--headless", "--only-summary",
-        "-u", "2", "-r", "2", "-t", "6s", "--grpc-url", server.grpc_url, "--http-url", server.http_url,
-        "--program-rate", "0.5", "--base-deadline-s", "20", "--slo-scale", "1", "--budget", "2", "--max-tokens", "64",
-        "--dataset", "humaneval", "--program", "code", "--dynasor-options", '{"round_size": 2}', "--seed", "5",
-        "--exit-code-on-error", "0", "--summary-json", str(tmp_path / "summary.json"), "--records-json", str(records_path),
-        "DynasorGrpcUser", "BaselineUser",
-    ]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=90)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = run_locust(server, tmp_path, 2, 6, "0.5", "--base-deadline-s", "20", "--max-tokens", "64", "--dataset", "humaneval",
+                      "--program", "code", "--seed", "5", "DynasorGrpcUser", "BaselineUser", timeout_s=90)
     records = [json.loads(line) for line in records_path.read_text().splitlines()]
     assert {r["user_class"] for r in records} == {"DynasorGrpcUser", "BaselineUser"}, done.stderr[-2000:]
     assert all(r["question_id"].startswith("HumanEval/") for r in records)
