@@ -67,6 +67,7 @@ sys.exit(os.waitstatus_to_exitcode(status) % 256)
 _KILL_UID = "import os, signal, sys; uid = int(sys.argv[1]); os.setgroups([]); os.setgid(uid); os.setuid(uid); os.kill(-1, signal.SIGKILL)"
 UID_BASE = 61000  # each concurrent run gets its own uid from here, so process limits do not collide
 UID_RANGE = 1000
+UID_LOCKS = Path("/run/dynasor-sandbox-uids" if os.access("/run", os.W_OK) else "/tmp/dynasor-sandbox-uids")
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,7 @@ class Sandbox:
         together; otherwise the server's own uid."""
         if not self.as_root:
             return [os.getuid()] * count
-        folder = Path(tempfile.gettempdir()) / "dynasor-sandbox-uids"
+        folder = UID_LOCKS  # one folder for the host, whatever TMPDIR each server or test has
         folder.mkdir(mode=0o700, exist_ok=True)
         claimed: list[int] = []
         for uid in range(UID_BASE, UID_BASE + UID_RANGE):
