@@ -22,7 +22,7 @@ from typing import Any
 
 from engines.engine_settings import cpu_model, settings_for_this_machine
 from scheduler_backend.answers import majority_answer
-from scheduler_backend.code_behaviour import behaviours, code_problem, extract_program
+from scheduler_backend.code_behaviour import code_problem, extract_program, vote
 from scheduler_backend.datasets import DATASETS, Problem, is_correct, load
 from scheduler_backend.programs.base import sample_answer
 from scheduler_backend.prompts import PROMPTS, solve_messages
@@ -50,13 +50,11 @@ PLANS = {
 def grade_code(problem: Problem, texts: list[str]) -> dict:
     """As the code program votes: each sample's program, clustered by its behaviour on the calls the
     statement shows; graded by the hidden tests, which the vote never sees."""
-    cp = code_problem(problem.question)
-    sources = [extract_program(t, cp) for t in texts]
-    prints = behaviours(sources, cp)
-    right = [is_correct(problem, s) for s in sources]
-    majority = majority_answer(prints)[0]
-    chosen = None if majority is None else prints.index(majority)
-    return {"id": problem.id, "gold": None, "answers": prints, "correct": right, "majority": majority,
+    voted = vote(texts, code_problem(problem.question))
+    right = [is_correct(problem, s) for s in voted.sources]
+    chosen = voted.chosen
+    return {"id": problem.id, "gold": None, "answers": voted.prints, "correct": right,
+            "majority": None if chosen is None else voted.prints[chosen],
             "majority_correct": chosen is not None and right[chosen], "capped_without_answer": 0}
 
 

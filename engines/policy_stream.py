@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from scheduler_backend.answers import majority_answer
-from scheduler_backend.code_behaviour import behaviours, code_problem, extract_program
+from scheduler_backend.code_behaviour import code_problem, vote
 from scheduler_backend.engine import GenerateCall, SampleDelta
 from scheduler_backend.programs.base import sample_answer
 
@@ -144,8 +144,4 @@ class SampleAccumulator:
     def program_answer(self, question: str) -> str | None:
         """For a code question, as the `code` program answers: the finished samples' programs
         voted by behaviour in the sandbox, the first program of the largest cluster."""
-        problem = code_problem(question)
-        sources = [extract_program(self.texts[i], problem) for i in sorted(self.finish_reasons)]
-        prints = behaviours(sources, problem)
-        majority = majority_answer(prints)[0]
-        return None if majority is None else sources[prints.index(majority)]
+        return vote([self.texts[i] for i in sorted(self.finish_reasons)], code_problem(question)).answer

@@ -18,7 +18,7 @@ import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from scheduler_backend.answers import BEHAVIOUR_PREFIX
+from scheduler_backend.answers import BEHAVIOUR_PREFIX, majority_answer
 from scheduler_backend.errors import RequestError
 from scheduler_backend.sandbox import RunResult, Sandbox, default_sandbox
 
@@ -209,6 +209,29 @@ def behaviours(sources: Sequence[str | None], problem: CodeProblem, sandbox: San
     for (i, _), run in zip(todo, runs):
         out[i] = fingerprint(run)
     return out
+
+
+@dataclass(frozen=True)
+class Vote:
+    """Samples' programs voted by behaviour: each sample's program and fingerprint, and the winner
+    (the first program of the largest cluster), as the `code` program answers."""
+
+    sources: list[str | None]
+    prints: list[str | None]
+    chosen: int | None  # index of the winning sample; None when no sample has an answer
+
+    @property
+    def answer(self) -> str | None:
+        return None if self.chosen is None else self.sources[self.chosen]
+
+
+def vote(texts: Sequence[str], problem: CodeProblem, sandbox: Sandbox | None = None) -> Vote:
+    """The `code` program's vote over finished samples' texts (clients and benchmarks that sample
+    outside the program use it to answer as the program would)."""
+    sources = [extract_program(t, problem) for t in texts]
+    prints = behaviours(sources, problem, sandbox)
+    majority = majority_answer(prints)[0]
+    return Vote(sources, prints, None if majority is None else prints.index(majority))
 
 
 def passes_tests(source: str | None, tests: str, entry: str, sandbox: Sandbox | None = None) -> bool:

@@ -9,7 +9,7 @@ import pytest
 
 from engines.scripted import ScriptedEngine
 from scheduler_backend.allocation import ThresholdPolicy, UniformPolicy
-from scheduler_backend.code_behaviour import behaviours, code_problem, entry_point, extract_program, passes_tests
+from scheduler_backend.code_behaviour import behaviours, code_problem, entry_point, extract_program, passes_tests, vote
 from scheduler_backend.datasets import is_correct, load
 from scheduler_backend.engine import SamplingSpec
 from scheduler_backend.errors import RequestError
@@ -125,3 +125,11 @@ def test_without_any_call_to_probe_only_identically_written_programs_agree():
     prints = behaviours([extract_program(t, problem) for t in texts], problem)
     assert prints[0] == prints[1] != prints[2] and prints[3] is None
     assert all(p.startswith("behaviour:ast-") for p in prints[:3])
+
+
+def test_a_vote_outside_the_program_answers_as_the_program_does():
+    texts = [WRONG, RIGHT, RIGHT_TOO, "no code at all"]
+    voted = vote(texts, code_problem(QUESTION))
+    assert voted.prints[1] == voted.prints[2] != voted.prints[0] and voted.prints[3] is None
+    assert voted.chosen == 1 and passes_tests(voted.answer, TESTS, "evens")
+    assert vote(["no code"], code_problem(QUESTION)).answer is None
