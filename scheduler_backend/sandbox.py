@@ -11,7 +11,7 @@ hide the network or the host's readable files. `Sandbox.isolation` says which on
 
 What it does not protect against: kernel exploits (bubblewrap is namespaces and seccomp-free
 process isolation, not a VM), CPU and memory pressure on the host within the limits, and a program
-that forges the harness's result line (the result is a report of behaviour, not a security claim).
+that forges its own report (the report describes behaviour for the vote; it is not a security claim).
 """
 from __future__ import annotations
 
