@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -14,7 +15,7 @@ DEFAULT_GRPC = "127.0.0.1:8001"
 
 
 def _serve(args: argparse.Namespace, extra: list[str]) -> int:
-    from serving.launcher import MODEL_REPOSITORY, start_server
+    from serving.launcher import MODEL_REPOSITORY, OpenAIFront, start_openai_front, start_server
 
     srv = start_server(
         model_repository=Path(args.model_repository) if args.model_repository else MODEL_REPOSITORY,
@@ -29,20 +30,30 @@ def _serve(args: argparse.Namespace, extra: list[str]) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    front: OpenAIFront | None = None
     try:
         print(f"dynasor: policy engine settings: {srv.engine_settings}", flush=True)
         print(f"dynasor: starting tritonserver (log: {srv.log_path})", flush=True)
         srv.wait_ready(timeout_s=args.ready_timeout)
         print(f"dynasor: ready  gRPC {srv.grpc_url}  HTTP {srv.http_url}  metrics {args.address}:{srv.metrics_port}/metrics", flush=True)
+        if args.openai_port:
+            front = start_openai_front(srv.grpc_url, args.openai_port, args.address, srv.run_dir)
+            front.wait_ready()
+            print(f"dynasor: OpenAI-compatible API at {front.url} (log: {front.log_path})", flush=True)
         while not stop.wait(0.5):
             if srv.process.poll() is not None:
                 print(f"dynasor: tritonserver exited with code {srv.process.returncode}; log {srv.log_path}", file=sys.stderr)
+                return 1
+            if front is not None and front.process.poll() is not None:
+                print(f"dynasor: the OpenAI front exited with code {front.process.returncode}; log {front.log_path}", file=sys.stderr)
                 return 1
         return 0
     except (RuntimeError, TimeoutError) as e:
         print(f"dynasor: {e}", file=sys.stderr)
         return 1
     finally:
+        if front is not None:
+            front.stop()
         print("dynasor: stopping tritonserver", flush=True)
         srv.stop()
 
@@ -131,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--grpc-port", type=int, default=8001)
     serve.add_argument("--metrics-port", type=int, default=8002)
     serve.add_argument("--ready-timeout", type=float, default=600.0)
+    serve.add_argument("--openai-port", type=int, default=0, help="also serve the OpenAI-compatible API on this port (0: not)")
     serve.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
                        help="vLLM engine argument for policy, over model.json (repeatable): dtype=float32, max_num_seqs=32")
 
@@ -149,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("replay", help="replay every allocation policy on recorded traces: token-to-accuracy curves", add_help=False)
     sub.add_parser("record", help="record certaindex traces on the direct vLLM engine (input of calibrate and replay)", add_help=False)
     sub.add_parser("models", help="prepare the real models under models/", add_help=False)
+    sub.add_parser("openai", help="the OpenAI-compatible API for a running server (--triton HOST:PORT --port PORT)", add_help=False)
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "calibrate":
@@ -163,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         from client.record import main as record
 
         return record(argv[1:])
+    if argv and argv[0] == "openai":  # its own program (frontends/ sits above this layer): run in place
+        os.execv(sys.executable, [sys.executable, "-m", "frontends.openai_server", *argv[1:]])
     if argv and argv[0] == "models":
         from serving.models import main as models
 

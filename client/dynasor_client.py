@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -157,35 +158,48 @@ def _http_error(body: str) -> str:
         return body
 
 
+async def aio_stream(url: str, model: str, inputs: Mapping[str, Any], parameters: Mapping[str, Any] | None = None,
+                     timeout_s: float = 900.0) -> AsyncIterator[dict[str, Any]]:
+    """One decoupled gRPC stream through tritonclient.grpc.aio: each response's outputs by name,
+    until the final flag. An error response raises ProgramError with its message. Closing the
+    iterator early closes the stream, which cancels the request on the server."""
+    import tritonclient.grpc.aio as aio
+
+    client = aio.InferenceServerClient(url)
+
+    async def requests():
+        yield {"model_name": model, "inputs": [as_input(k, v) for k, v in inputs.items()], "request_id": uuid.uuid4().hex,
+               "enable_empty_final_response": True, "parameters": dict(parameters or {})}
+
+    try:
+        async for result, error in client.stream_infer(requests(), stream_timeout=timeout_s):
+            if error is not None:
+                raise ProgramError(str(error.message() if hasattr(error, "message") else error))
+            names = [o.name for o in result.get_response().outputs]
+            if names:
+                yield {n: result.as_numpy(n) for n in names}
+            final = result.get_response().parameters.get("triton_final_response")
+            if final is not None and final.bool_param:
+                break
+    finally:
+        await client.close()
+
+
 class AsyncDynasorClient(_Connection):
     """asyncio client: gRPC through tritonclient.grpc.aio, HTTP through aiohttp."""
 
-    async def stream(self, question: str, program: str | None = None, options: Mapping[str, Any] | None = None) -> AsyncIterator[Progress]:
+    async def stream(self, question: str, program: str | None = None, options: Mapping[str, Any] | None = None,
+                     parameters: Mapping[str, Any] | None = None) -> AsyncIterator[Progress]:
+        """`parameters`: request parameters beside the inputs (`client_id`, gRPC only)."""
         inputs = request_inputs(question, program, options)
         if self.protocol == "http":
-            async for p in _aio_http_stream(self.url, inputs, self.timeout_s):
+            async for p in _aio_http_stream(self.url, {**inputs, **(parameters or {})}, self.timeout_s):
                 yield p
             return
-        import tritonclient.grpc.aio as aio
-
-        client = aio.InferenceServerClient(self.url)
-
-        async def requests():
-            yield {"model_name": MODEL, "inputs": [as_input(k, v) for k, v in inputs.items()], "request_id": uuid.uuid4().hex,
-                   "enable_empty_final_response": True}
-
-        try:
-            async for result, error in client.stream_infer(requests(), stream_timeout=self.timeout_s):
-                if error is not None:
-                    raise ProgramError(str(error.message() if hasattr(error, "message") else error))
-                names = [o.name for o in result.get_response().outputs]
-                if "answer" in names:
-                    yield Progress.from_outputs({n: result.as_numpy(n) for n in names})
-                final = result.get_response().parameters.get("triton_final_response")
-                if final is not None and final.bool_param:
-                    break
-        finally:
-            await client.close()
+        async with aclosing(aio_stream(self.url, MODEL, inputs, parameters, self.timeout_s)) as responses:
+            async for outputs in responses:
+                if "answer" in outputs:
+                    yield Progress.from_outputs(outputs)
 
     async def solve(self, question: str, program: str | None = None, options: Mapping[str, Any] | None = None,
                     on_progress: Callable[[Progress], None] | None = None) -> Progress:

@@ -1,16 +1,17 @@
-"""The SLO figures: the real sweep (benchmarks/bench_slo.py) next to the simulator calibrated from
-it, then what only the simulator can draw at this machine's scale.
+"""The SLO figures: real sweeps (benchmarks/bench_slo.py) next to the simulator calibrated from
+them, then what only the simulator can draw at this machine's scale.
 
-1. engine model: fitted to the real run's measured `policy` tokens/s at each concurrency;
-2. agreement: every real point simulated again (same system, rate, SLO scale, arrivals per point,
-   the same GSM8K questions' traces), mean over seeds; the check is |real - simulated| SLO
-   attainment <= 15 points at each point;
-3. the paper's figures from the simulator on that engine: SLO attainment against program rate and
-   against SLO scale, accuracy against attainment (Figure 9), the ablation switching on gang
-   scheduling, certaindex allocation and SJF one at a time (Figure 10), finish-time fairness
-   (Figure 14); and the same sweep at GPU scale (an assumed H100 engine, 1 and 4 replicas);
-4. ratios dynasor / baseline: the sustainable rate at 90% attainment and the tightest SLO scale
-   at 90% attainment, from the real points and from the simulated curves, with accuracy there.
+At a quality floor, per workload (code and math; `--floor-runs`): attainment counts only answers
+that meet the floor; the real points against the simulator; the rate and SLO-scale sweeps; the
+sustainable rate and tightest SLO at 90% attainment at the baseline's accuracy
+(loadtest/equal_accuracy.py); the ablation (gang, + certaindex allocation, + SJF; Figure 10) and
+finish-time fairness (Figure 14) held to the same floor; the replay bound on what allocation
+alone can buy at equal accuracy.
+
+Without a floor (the first math sweep, `--real`): the engine model fitted to that run, every real
+point simulated again (|real - simulated| attainment <= 15 points), the simulated sweeps and
+accuracy against attainment (Figure 9), the ratios, and the same sweep at GPU scale (an assumed
+H100 engine, 1 and 4 replicas).
 
 Writes docs/results/slo_*.png and docs/results/slo.md; prints every table.
 """
@@ -33,7 +34,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from engines.simulated import PRESETS, EngineModel  # noqa: E402
+from loadtest.equal_accuracy import Comparison, Limit, binomial_se, compare  # noqa: E402
 from loadtest.simulator import SimConfig, simulate, sustainable_rate, sweep, tightest_slo_scale  # noqa: E402
+from scheduler_backend.quality import QualityFloor  # noqa: E402
 from scheduler_backend.traces import load_traces  # noqa: E402
 from scheduler_backend.tradeoffs import analyse, tokens_at  # noqa: E402
 
@@ -54,8 +57,9 @@ def load_real(path: str | Path) -> dict[str, Any]:
         cut = p.get("unfinished", 0)
         if cut:
             total = p["programs"] + cut
-            for key in ("attainment", "deadline_met", "accuracy"):
-                p[key] = p[key] * p["programs"] / total
+            for key in ("attainment", "deadline_met", "accuracy", "attainment_at_floor"):
+                if key in p:
+                    p[key] = p[key] * p["programs"] / total
             p["programs"] = total
     return real
 
@@ -168,6 +172,158 @@ def equal_accuracy_bound(traces: Sequence[dict[str, Any]], budget: int) -> tuple
     return lines, best
 
 
+TRACES = {"math": "gsm8k-test-sc16.jsonl", "code": "humaneval-test-code16.jsonl"}
+FLOOR_SCALES = (0.5, 0.75, 1, 1.25, 1.5, 2, 3, 4)
+
+
+def show_limit(limit: Limit, along: str) -> str:
+    """A limit in words: the rate or SLO scale, the accuracy there and what bounds it."""
+    if limit.value is None:
+        return f"none (misses at the easiest point tested, by {limit.bound_by})"
+    unit = "programs/s" if along == "rate" else "x the base deadline"
+    end = "at least " if limit.bound_by == "range" else ""
+    return f"{end}{limit.value:.3g} {unit} (accuracy there {limit.accuracy:.1%}, bound by {limit.bound_by})"
+
+
+def comparison_line(c: Comparison) -> str:
+    """One sweep's equal-accuracy comparison in words."""
+    what, held = ("sustainable rate", "SLO scale") if c.along == "rate" else ("tightest SLO scale", "programs/s")
+    ratio = "n/a" if c.ratio is None else f"**{c.ratio:.2f}x**"
+    return (f"{what} at {held} {c.fixed:g}: baseline {show_limit(c.baseline, c.along)}; dynasor at the baseline's accuracy "
+            f"{show_limit(c.dynasor, c.along)}; dynasor at any accuracy {show_limit(c.dynasor_any_accuracy, c.along)}. "
+            f"At equal accuracy, dynasor/baseline {ratio}")
+
+
+def floor_section(path: str | Path, out: Path, programs: int, seeds: int) -> tuple[list[str], dict[str, Any]]:
+    """One workload's SLO results at a quality floor and equal accuracy (issue: deadlines that keep
+    the answer's quality): the real points beside the simulator on the engine they measured, the
+    simulated rate and SLO-scale sweeps (`programs` x `seeds` arrivals per point), the equal-accuracy
+    limits, the ablation and finish-time fairness held to the same floor, and the replay bound."""
+    real = load_real(path)
+    s = real["settings"]
+    workload = s["workload"]
+    traces = load_traces(ROOT / "data" / "traces" / TRACES[workload])[: s["questions"]]
+    model = engine_model(real)
+    floor = QualityFloor(s["floor"], s["floor_action"])
+    config = SimConfig(budget=s["budget"], max_tokens=s["max_tokens"], base_deadline_s=s["base_deadline_s"], floor=floor)
+    title = {"math": "Math (GSM8K, self-consistency)", "code": "Code (HumanEval, the `code` program)"}[workload]
+    md = [f"## {title}: SLOs at a quality floor of {floor.units} samples, at equal accuracy", "",
+          f"Real server: {real['hardware']}; Qwen2.5-Coder-0.5B, project defaults; the first {s['questions']} test problems; "
+          f"budget {s['budget']} samples of at most {s['max_tokens']} tokens (the baseline's n); deadline = SLO scale x "
+          f"{s['base_deadline_s']:g} s; floor {floor.units} samples, `floor_action` {floor.action} (the baseline's answers are "
+          f"judged at the same floor); {s['programs']} programs per real point. Engine fitted to that run: "
+          f"{model.tokens_per_s(8):.0f} tok/s at 8 sequences, {model.tokens_per_s(64):.0f} at 64. Reproduce: "
+          f"`python -m benchmarks.bench_slo --workload {workload} --floor {floor.units} --programs {s['programs']} "
+          f"--rates {','.join(f'{r:g}' for r in s['rates'])} --slo-scales {s['rate_sweep_scale']:g} "
+          f"--scale-sweep-rate {s['scale_sweep_rate']:g} --out {path}`, then `python -m loadtest.slo_report`.", ""]
+    agreement = []
+    for p in tqdm(real["points"], desc=f"{workload}: simulating the real points", unit="pt"):
+        sim = sweep([p["system"]], traces, rates=[p["rate"]], slo_scales=[p["slo_scale"]], programs=p["programs"], model=model,
+                    config=config, seeds=seeds)[0]
+        agreement.append({"system": p["system"], "rate": p["rate"], "slo_scale": p["slo_scale"], "programs": p["programs"],
+                          "real": p["attainment_at_floor"], "simulated": sim["attainment_at_floor"],
+                          "diff": sim["attainment_at_floor"] - p["attainment_at_floor"],
+                          "real_accuracy": f"{p['accuracy']:.1%} ± {binomial_se(p['accuracy'], p['programs']):.1%}",
+                          "sim_accuracy": sim["accuracy"], "correct_per_s": p["correct_goodput_per_s"],
+                          "below_floor": p.get("below_floor", 0), "tokens": p["mean_tokens"]})
+    within = sum(abs(a["diff"]) <= AGREEMENT_POINTS for a in agreement)
+    md += ["### Real points, and the simulator on them", "",
+           f"{within} of {len(agreement)} points within {AGREEMENT_POINTS * 100:.0f} points of SLO attainment at the floor "
+           f"(simulated: {seeds} seeds of the same arrivals per point). Accuracy: right answers over every program that "
+           "arrived (refused and late ones are not right), ± one binomial standard error.", "",
+           markdown_table(agreement, [("system", "system", ""), ("rate/s", "rate", "g"), ("SLO scale", "slo_scale", "g"),
+                                      ("programs", "programs", "d"), ("at floor, real", "real", ".1%"),
+                                      ("simulated", "simulated", ".1%"), ("difference", "diff", "+.1%"),
+                                      ("accuracy, real", "real_accuracy", ""), ("simulated", "sim_accuracy", ".1%"),
+                                      ("right answers/s", "correct_per_s", ".3f"), ("answered below floor", "below_floor", "d"),
+                                      ("tokens", "tokens", ",.0f")]), ""]
+
+    rate_scale, scale_rate = s["rate_sweep_scale"], s["scale_sweep_rate"]
+    top = max(p["rate"] for p in real["points"]) * 1.5
+    rates = sorted({round(top * k / 15, 4) for k in range(1, 16)} | {p["rate"] for p in real["points"]})
+    both = ["dynasor", "baseline"]
+    sim_rate = sweep(ABLATION, traces, rates=rates, slo_scales=[rate_scale], programs=programs, model=model, config=config,
+                     seeds=seeds, progress=True)
+    sim_scale = sweep(both, traces, rates=[scale_rate], slo_scales=sorted(set(FLOOR_SCALES) | {rate_scale}), programs=programs,
+                      model=model, config=config, seeds=seeds, progress=True)
+    by_rate, by_scale = compare(sim_rate, "rate", rate_scale), compare(sim_scale, "slo_scale", scale_rate)
+    se = max(binomial_se(r["accuracy"], r["programs"]) for r in sim_rate + sim_scale)
+    md += ["### At equal accuracy (simulated, checked above)", "",
+           f"Each simulated point: {programs} programs x {seeds} seeds (accuracy's binomial standard error at most {se:.1%}; "
+           f"the traced problems are {len(traces)}).", "",
+           f"- {comparison_line(by_rate)}", f"- {comparison_line(by_scale)}", ""]
+    bound, best = equal_accuracy_bound(traces, s["budget"])
+    md += [f"Replay bound: {bound[0]}", "", *bound[1:], "",
+           f"Allocation alone can buy at most {'nothing' if best is None else f'{best:.2f}x'} at the baseline's unloaded "
+           "accuracy; more than that at a loaded point comes from scheduling (gang, SJF, refusing what cannot meet the floor), "
+           "since the baseline's own accuracy there is lower than unloaded.", ""]
+
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
+    for name in ABLATION:
+        own = sorted((r["rate"], r["attainment_at_floor"], r["accuracy"]) for r in sim_rate if r["system"] == name)
+        style = "-" if name in both else "--"
+        axes[0].plot([o[0] for o in own], [o[1] for o in own], style, color=COLORS[name], label=f"{name} (simulated)")
+        axes[1].plot([o[0] for o in own], [o[2] for o in own], style, color=COLORS[name], label=f"{name} (simulated)")
+    for name in both:
+        pts = sorted((p["rate"], p["attainment_at_floor"], p["accuracy"], binomial_se(p["accuracy"], p["programs"]))
+                     for p in real["points"] if p["system"] == name and p["slo_scale"] == rate_scale)
+        if pts:
+            axes[0].plot([q[0] for q in pts], [q[1] for q in pts], "o", color=COLORS[name], label=f"{name} (real)")
+            axes[1].errorbar([q[0] for q in pts], [q[2] for q in pts], yerr=[q[3] for q in pts], fmt="o", color=COLORS[name],
+                             label=f"{name} (real, ± s.e.)")
+        own = sorted((r["slo_scale"], r["attainment_at_floor"]) for r in sim_scale if r["system"] == name)
+        axes[2].plot(*zip(*own), "-", color=COLORS[name], label=f"{name} (simulated)")
+    if by_rate.baseline.accuracy is not None:
+        axes[1].axhline(by_rate.baseline.accuracy, color="grey", lw=0.8, ls=":", label="baseline's accuracy at its limit")
+    for ax, xlabel, ylabel in ((axes[0], f"programs/s (SLO scale {rate_scale:g})", "SLO attainment at the floor"),
+                               (axes[1], f"programs/s (SLO scale {rate_scale:g})", "accuracy (all programs)"),
+                               (axes[2], f"SLO scale ({scale_rate:g} programs/s)", "SLO attainment at the floor")):
+        if ylabel.startswith("SLO"):
+            ax.axhline(TARGET, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+
+    ablation = []
+    for name in ABLATION[1:]:
+        c = compare(sim_rate, "rate", rate_scale, system=name)
+        ratio = "n/a" if c.ratio is None else f"{c.ratio:.2f}x"
+        ablation.append(f"| {name} | {show_limit(c.dynasor, 'rate')} | {ratio} | {show_limit(c.dynasor_any_accuracy, 'rate')} |")
+    md += ["### Ablation at the floor (Figure 10, simulated): each component held to the baseline's accuracy", "",
+           f"The baseline: sustainable {show_limit(by_rate.baseline, 'rate')} at SLO scale {rate_scale:g}.", "",
+           "| system | sustainable rate at the baseline's accuracy | over the baseline | at any accuracy |", "|---|---|---:|---|",
+           *ablation, ""]
+
+    loaded = by_rate.baseline.value or rates[len(rates) // 2]
+    ftf_lines = []
+    for name in ("baseline", "gang", "dynasor"):
+        result = simulate(name, traces, rate=loaded, slo_scale=rate_scale, programs=programs * 2, model=model, config=config)
+        ftf = sorted(f for o in result.outcomes if (f := o.ftf) is not None)
+        if ftf:
+            axes[3].plot(ftf, [(i + 1) / len(ftf) for i in range(len(ftf))], color=COLORS[name], label=name)
+            ftf_lines.append(f"- {name}: p50 {ftf[len(ftf) // 2]:.2f}, p90 {ftf[int(len(ftf) * 0.9)]:.2f}, max {ftf[-1]:.2f} "
+                             f"({len(ftf)} programs; attainment at the floor {result.summary.attainment_at_floor:.1%}, "
+                             f"accuracy {result.summary.accuracy:.1%})")
+    axes[3].set_xlabel(f"finish-time fairness at {loaded:.3g} programs/s")
+    axes[3].set_ylabel("fraction of programs")
+    axes[3].set_xscale("log")
+    axes[3].grid(alpha=0.3)
+    axes[3].legend(fontsize=7)
+    fig.suptitle(f"{title}, floor {floor.units} samples ({floor.action}); CPU: {real['hardware']}", fontsize=9)
+    fig.tight_layout()
+    image = f"slo_floor_{workload}.png"
+    fig.savefig(out / image, dpi=110)
+    plt.close(fig)
+    md += [f"### Finish-time fairness at the floor (Figure 14, simulated, {loaded:.3g} programs/s: the baseline's limit)", "",
+           *ftf_lines, "", f"![{workload} at the floor]({image})", ""]
+    print("\n".join(md), flush=True)
+    data = {"workload": workload, "agreement": agreement, "simulated_rate": sim_rate, "simulated_scale": sim_scale,
+            "ratio_rate": by_rate.ratio, "ratio_slo": by_scale.ratio, "replay_bound": best}
+    return md, data
+
+
 POINT_COLUMNS = [("system", "system", ""), ("rate/s", "rate", "g"), ("SLO scale", "slo_scale", "g"), ("programs", "programs", "d"),
                  ("SLO attainment", "attainment", ".1%"), ("accuracy", "accuracy", ".1%"), ("tokens", "mean_tokens", ",.0f"),
                  ("p50 s", "p50_latency_s", ".1f"), ("p90 s", "p90_latency_s", ".1f")]
@@ -181,16 +337,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=5, help="simulations per point (mean)")
     ap.add_argument("--programs", type=int, default=150, help="programs per simulated curve point")
     ap.add_argument("--gpu-programs", type=int, default=2000, help="programs per GPU-scale point")
+    ap.add_argument("--floor-runs", default="runs/slo/code.json,runs/slo/math.json",
+                    help="bench_slo runs at a quality floor (--floor), one per workload: the equal-accuracy sections")
+    ap.add_argument("--floor-programs", type=int, default=300, help="programs per simulated point of the floor sections (x --seeds)")
     args = ap.parse_args(argv)
     start = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    floor_md: list[str] = []
+    floor_data = []
+    for path in [x for x in args.floor_runs.split(",") if x]:
+        lines, data = floor_section(path, out, args.floor_programs, args.seeds)
+        floor_md += lines
+        floor_data.append(data)
+        # kept with the figures: the simulator's agreement test replays these points too
+        (out / f"slo_floor_{data['workload']}_real.json").write_text(Path(path).read_text())
     real = load_real(args.real)
     s = real["settings"]
     traces = [t for t in load_traces(args.traces)][: s["questions"]]
     model = engine_model(real)
     config = SimConfig(budget=s["budget"], max_tokens=s["max_tokens"], base_deadline_s=s["base_deadline_s"])
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    md = [f"<!-- generated by loadtest/slo_report.py from {args.real}; do not edit -->", "",
+    md = [f"<!-- generated by loadtest/slo_report.py from {args.floor_runs} and {args.real}; do not edit -->", "",
+          *floor_md, "## Math without a floor: the first sweep (attainment counts any answer in time)", "",
           f"Real server: {real['hardware']}; Qwen2.5-Coder-0.5B, project defaults; GSM8K test questions (first {s['questions']}); "
           f"self-consistency, {s['budget']} samples of at most {s['max_tokens']} tokens; deadline = SLO scale x {s['base_deadline_s']:g} s; "
           f"{s['duration_s']:g} s of Poisson arrivals per point, one Locust run per point and system.", "",
@@ -270,43 +438,6 @@ def main(argv: list[str] | None = None) -> int:
     md += lines + ["![SLO sweeps](slo_sweeps.png)", "", "Real points:", "", markdown_table(ordered, POINT_COLUMNS), ""]
     print("\n".join(lines), flush=True)
 
-    # Figure 10: the ablation
-    ablation = sweep(ABLATION, traces, rates=rates, slo_scales=[rate_scale], programs=args.programs, model=model, config=config,
-                     progress=True)
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    plot_sweep(ax, ablation, [], "rate", list(ABLATION))
-    ax.set_xlabel(f"programs per second (SLO scale {rate_scale:g}, simulated CPU engine)")
-    ax.set_title("Ablation: gang scheduling, + certaindex allocation, + SJF", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out / "slo_ablation.png", dpi=110)
-    plt.close(fig)
-    ab_lines = [f"- {at_90(ablation, name, rate_scale)}" for name in ABLATION]
-    md += ["### Ablation (Figure 10, simulated)", "", *ab_lines, "", "![ablation](slo_ablation.png)", ""]
-    print("\n".join(ab_lines), flush=True)
-
-    # Figure 14: finish-time fairness at a loaded rate (the baseline's sustainable rate, or the middle one)
-    loaded = sustainable_rate(sim_rate, "baseline", rate_scale, TARGET) or rates[len(rates) // 2]
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    ftf_lines = []
-    for name in ("baseline", "gang", "dynasor"):
-        result = simulate(name, traces, rate=loaded, slo_scale=rate_scale, programs=args.programs * 2, model=model, config=config)
-        ftf = sorted(f for o in result.outcomes if (f := o.ftf) is not None)
-        if ftf:
-            ax.plot(ftf, [(i + 1) / len(ftf) for i in range(len(ftf))], color=COLORS[name], label=name)
-            ftf_lines.append(f"- {name}: finish-time fairness p50 {ftf[len(ftf) // 2]:.2f}, p90 {ftf[int(len(ftf) * 0.9)]:.2f}, "
-                             f"max {ftf[-1]:.2f} ({len(ftf)} programs)")
-    ax.set_xlabel("finish-time fairness (latency under load / latency alone)")
-    ax.set_ylabel("fraction of programs")
-    ax.set_xscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title(f"Finish-time fairness at {loaded:.3g} programs/s (simulated CPU engine)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out / "slo_fairness.png", dpi=110)
-    plt.close(fig)
-    md += [f"### Finish-time fairness (Figure 14, simulated, {loaded:.3g} programs/s)", "", *ftf_lines, "", "![fairness](slo_fairness.png)", ""]
-    print("\n".join(ftf_lines), flush=True)
-
     # GPU scale
     gpu = PRESETS["gpu"]
     gpu_rates = [2, 4, 6, 8, 12, 16, 24, 32, 48]
@@ -341,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     # The real run is kept with its figures: the simulator's agreement test replays its points.
     Path(out / "slo_real.json").write_text(Path(args.real).read_text())
     (out / "slo.json").write_text(json.dumps({"agreement": agreement, "simulated_rate": sim_rate, "simulated_scale": sim_scale,
-                                              "ablation": ablation, "gpu": gpu_rows, "ratios": summary}, indent=1))
+                                              "gpu": gpu_rows, "ratios": summary, "floor": floor_data}, indent=1))
     print(f"wrote {out / 'slo.md'} and 4 plots in {time.perf_counter() - start:.0f} s")
     return 0
 

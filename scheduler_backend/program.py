@@ -129,6 +129,11 @@ class ReasoningProgram(abc.ABC):
     def best_answer(self) -> str | None:
         """The answer the program would return if stopped now."""
 
+    def answer_text(self) -> str | None:
+        """The generated text the answer comes from (a sample ending in it), for clients that show
+        a response rather than an answer (the OpenAI front); None where the program keeps none."""
+        return None
+
     def has_answer(self) -> bool:
         """Whether `best_answer` would give one; drivers ask on their event loop, so programs
         whose `best_answer` compares answers override it with a cheap check."""

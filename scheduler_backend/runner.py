@@ -66,6 +66,9 @@ class ThroughputMeter:
         self.window_s = window_s
         self.alpha = alpha
         self.rate: float | None = None
+        # tokens/s of one sequence: each window's rate over its own time-weighted sequences (the
+        # sequences in flight right now are another moment's, so rate / sequences would mix two)
+        self.per_sequence: float | None = None
         self.sequences = 0  # in flight now
         self.programs = 0  # running now
         self.on_window: WindowCallback | None = None
@@ -128,6 +131,9 @@ class ThroughputMeter:
         if sample is None:
             return
         self.rate = sample if self.rate is None else self.rate + self.alpha * (sample - self.rate)
+        if sequences > 0 and sample > 0:
+            one = sample / sequences
+            self.per_sequence = one if self.per_sequence is None else self.per_sequence + self.alpha * (one - self.per_sequence)
         if self.on_window is not None:
             self.on_window(sequences, programs, sample)
 
@@ -251,14 +257,14 @@ class ProgramRunner:
                 f"{tokens:,.0f} tokens, about {need_s:.1f} s at the measured {rate:,.0f} tokens/s per program{waiting}")
 
     def _round_s(self, program: ReasoningProgram) -> float | None:
-        """Seconds one round of the program's samples takes: one knob unit's tokens at the speed of
-        one sequence (the engine's tokens/s over the sequences in flight); None until measured.
-        Samples of a round run side by side, so this, not units x tokens at the program's share of
-        the rate, is what a round costs when the engine has room."""
-        rate = self.throughput.rate
-        if rate is None or rate <= 0:
+        """Seconds one round of the program's samples takes: one knob unit's tokens at the measured
+        speed of one sequence; None until measured. Samples of a round run side by side, so this,
+        not units x tokens at the program's share of the rate, is what a round costs when the
+        engine has room."""
+        speed = self.throughput.per_sequence
+        if speed is None or speed <= 0:
             return None
-        return self._unit_cost(program) * max(self.throughput.sequences, 1) / rate
+        return self._unit_cost(program) / speed
 
     def floor_refusal(self, program: ReasoningProgram, deadline_s: float | None, floor: QualityFloor) -> str:
         """Why `program` is refused at arrival under a refusing quality floor, or "": once a rate is
@@ -273,8 +279,7 @@ class ProgramRunner:
             return ""
         return (f"floor: an answer resting on {floor.units} knob units of {program.name} needs about {wait_s + round_s:.1f} s "
                 f"here now (estimated wait {wait_s:.1f} s for a slot, then {round_s:.1f} s for its samples at the measured "
-                f"{self.throughput.rate:,.0f} tokens/s over {max(self.throughput.sequences, 1)} sequences); "
-                f"deadline_s is {deadline_s:g} s")
+                f"{self.throughput.per_sequence:,.1f} tokens/s per sequence); deadline_s is {deadline_s:g} s")
 
     def _fit_to_deadline(self, live: _Live, deadline: float | None) -> None:
         """Before new steps: cap the budget to the knob units that fit before the deadline at the
@@ -295,8 +300,7 @@ class ProgramRunner:
         if floor.refuses and program.steps_used() < floor.units and time_left < round_s:
             live.refusal = (f"floor: {floor.units} knob units of {program.name} cannot be reached by the deadline: "
                             f"{program.steps_used()} done, the rest need a round of about {round_s:.1f} s at the measured "
-                            f"{self.throughput.rate:,.0f} tokens/s over {max(self.throughput.sequences, 1)} sequences, "
-                            f"{time_left:.1f} s left")
+                            f"{self.throughput.per_sequence:,.1f} tokens/s per sequence, {time_left:.1f} s left")
             program.stop(StopReason.REFUSED)
             return
         if fit < 1 and program.has_answer() and (not floor.refuses or program.steps_used() >= floor.units):
@@ -358,6 +362,8 @@ class ProgramRunner:
             self._reschedule()
         state = program.state()
         state.extra.update(latency_s=round(self.clock() - start, 4), queued_s=round(queued_s, 4))
+        if state.answer is not None and (text := program.answer_text()) is not None:
+            state.extra["answer_text"] = text
         if error:
             state.extra["error"] = error
         if floor is not None:
@@ -367,6 +373,7 @@ class ProgramRunner:
                 state.stop_reason = StopReason.REFUSED
             if live.refusal:
                 state.answer = None  # a refused program serves no guess
+                state.extra.pop("answer_text", None)
                 state.extra["refusal"] = live.refusal
             state.extra["quality"] = floor.report(state)
         return state

@@ -30,7 +30,7 @@ if [ ! -f "$STAMP" ]; then
   # vLLM first, then pin numpy: a resolver given both at once may refuse (pitfall 1).
   $VENV/bin/python -m pip install -q $VLLM_PKG
   $VENV/bin/python -m pip install -q "numpy==1.26.4" "nvidia-pytriton==0.7.0" "tritonclient[all]==2.73.0" \
-    "locust==2.47.0" scipy pytest pytest-timeout hypothesis ruff mypy tqdm matplotlib gguf accelerate
+    "locust==2.47.0" fastapi uvicorn openai scipy pytest pytest-timeout hypothesis ruff mypy tqdm matplotlib gguf accelerate
   # torchvision/torchaudio/torchcodec from the registry break imports beside torch+cpu (pitfall 2).
   $VENV/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
   touch "$STAMP"

@@ -250,3 +250,54 @@ def start_server(
     process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=server_env(), start_new_session=True, cwd=run_dir)
     log.close()
     return TritonServer(process, http_port, grpc_port, metrics_port, run_dir, log_path, engine_settings)
+
+
+@dataclass
+class OpenAIFront:
+    """The OpenAI-compatible front (frontends/openai_server.py) as a process of its own, beside a
+    running server; `stop()` ends it by pid."""
+
+    process: subprocess.Popen
+    port: int
+    host: str
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://{'127.0.0.1' if self.host == '0.0.0.0' else self.host}:{self.port}/v1"
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the OpenAI front exited with code {self.process.returncode}; log {self.log_path}:\n"
+                                   f"{self.log_path.read_text(errors='replace')[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/models", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"the OpenAI front is not up after {timeout_s:.0f} s; log {self.log_path}")
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+def start_openai_front(triton_grpc: str, port: int | None = None, host: str = "127.0.0.1", log_dir: Path | None = None) -> OpenAIFront:
+    """Start the OpenAI front for the server at `triton_grpc` (host:port); returns before it is up."""
+    port = port or free_port()
+    log_path = Path(log_dir or tempfile.mkdtemp(prefix="dynasor-openai-")) / "openai-front.log"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    log = open(log_path, "ab")
+    process = subprocess.Popen([sys.executable, "-m", "frontends.openai_server", "--triton", triton_grpc, "--host", host, "--port", str(port)],
+                               stdout=log, stderr=subprocess.STDOUT, env=env)
+    log.close()
+    return OpenAIFront(process, port, host, log_path)

@@ -51,5 +51,9 @@ class CodeConsistency(SelfConsistency):
         fingerprint = majority_answer(self.answers)[0]
         return None if fingerprint is None else self.sources[self.answers.index(fingerprint)]
 
+    def answer_text(self) -> str | None:
+        """None: the answer is already the program's full source."""
+        return None
+
     def extra_state(self) -> dict[str, Any]:
         return {**super().extra_state(), "probe_calls": len(self.problem.calls)}

@@ -114,4 +114,5 @@ class CotProbe(PolicyProgram):
             "probes": [self.probes[i][0] for i in sorted(self.probes)],
             "hedging": any(is_hedging(text) for _, text in self._window()),
             "thought_ended": self.thought_ended,
+            "thought": self.thought,  # so far: clients stream it as it grows (reasoning_content)
         }

@@ -42,6 +42,7 @@ class SelfConsistency(PolicyProgram):
         self.first_round = first_round or round_size
         self.answer_format = answer_format
         self.answers: list[str | None] = []
+        self.texts: list[str] = []  # each answer's sample (or probe) text, for `answer_text`
         self._issued = 0
         self._rounds = 0
         self._waiting = False
@@ -91,11 +92,13 @@ class SelfConsistency(PolicyProgram):
         if result.key.startswith("probe"):
             # No consult: the driver probes only when it is about to stop the program at its deadline.
             self.answers.extend(extract_probe_answer(s.text) for s in result.samples)
+            self.texts.extend(s.text for s in result.samples)
             self.probed += len(result.samples)
             self._issued = len(self.answers)
             return
         self._waiting = False
         self.answers.extend(self.sample_answers(result.samples))
+        self.texts.extend(s.text for s in result.samples)
         self._issued = len(self.answers)  # samples the engine did not return are not spent
         self._consult()
 
@@ -108,6 +111,11 @@ class SelfConsistency(PolicyProgram):
 
     def best_answer(self) -> str | None:
         return majority_answer(self.answers)[0]
+
+    def answer_text(self) -> str | None:
+        """The first sample of the majority cluster (the one `best_answer` names)."""
+        clusters = cluster_answers(self.answers)
+        return self.texts[clusters[0][0]] if clusters else None
 
     def has_answer(self) -> bool:
         return any(a is not None for a in self.answers)

@@ -45,9 +45,11 @@ def clocked_engine(clock: FakeClock, per_sample_s: float, answers: bool = True) 
 
 
 def measured(engine: ScriptedEngine, clock: FakeClock | None = None, rate: float | None = 20.0, **options) -> ProgramRunner:
-    """A runner that has measured `rate` tokens/s (kept fixed) and 10 tokens per sample."""
+    """A runner that has measured `rate` tokens/s (kept fixed), all of it on one sequence, and 10
+    tokens per sample."""
     runner = ProgramRunner(engine, Scheduler(), clock=clock or time.monotonic, tokens_per_unit_prior=10.0, **options)
     runner.throughput.rate = rate
+    runner.throughput.per_sequence = rate
     runner.throughput.window_s = math.inf
     return runner
 
@@ -186,16 +188,16 @@ def test_runner_options_are_checked_by_name():
 
 
 def test_without_time_for_two_rounds_the_rest_of_the_budget_goes_out_in_one():
-    # 20 tokens/s over 8 sequences in flight: 2.5 tokens/s each, a 10-token sample takes 4 s, so
+    # 20 tokens/s over 8 sequences: 2.5 tokens/s each, a 10-token sample takes 4 s, so
     # a 5 s deadline has room for one round, not two; the budget that fits (10) goes out at once.
     clock = FakeClock()
     engine = clocked_engine(clock, per_sample_s=0.05)
     runner = measured(engine, clock)
-    runner.throughput.sequences = 8
+    runner.throughput.per_sequence = 20.0 / 8
     state = asyncio.run(runner.run("p", sc(), deadline_s=5.0))
     assert [c.sampling.n for c in engine.calls] == [10]
     assert state.steps == 10
     roomy = measured(clocked_engine(FakeClock(), per_sample_s=0.0))
-    roomy.throughput.sequences = 8
+    roomy.throughput.per_sequence = 20.0 / 8
     asyncio.run(roomy.run("q", sc(budget=8), deadline_s=60.0))
     assert [c.sampling.n for c in roomy.engine.calls][:2] == [4, 4], "with time for many rounds, rounds stay as asked"

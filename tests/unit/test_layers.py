@@ -1,5 +1,5 @@
-"""Imports point one way: core <- engines <- serving (and the Triton models) <- client <- benchmarks
-<- loadtest <- tests. Every .py file is parsed (function-level imports included) and each import of a project
+"""Imports point one way: core <- engines <- serving (and the Triton models) <- client <- frontends
+<- benchmarks <- loadtest <- tests. Every .py file is parsed (function-level imports included) and each import of a project
 package ranked above the file's own layer fails, as does a server-only library in the core."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-LAYERS = ("scheduler_backend", "engines", "serving", "client", "benchmarks", "loadtest", "tests")
+LAYERS = ("scheduler_backend", "engines", "serving", "client", "frontends", "benchmarks", "loadtest", "tests")
 RANK = {name: rank for rank, name in enumerate(LAYERS)}
 # Libraries the core must run without: the core is plain Python that any engine can drive.
 CORE_FORBIDDEN = {"tritonclient", "triton_python_backend_utils", "vllm", "torch", "transformers"}

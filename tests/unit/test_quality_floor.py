@@ -30,12 +30,12 @@ def test_the_floor_keeps_a_settled_program_going_until_its_answer_rests_on_the_f
 
 def test_refuse_at_arrival_when_a_round_of_the_floor_cannot_fit_before_the_deadline():
     runner = measured(AGREE_ENGINE, rate=20.0)  # 10 tokens a sample
-    runner.throughput.sequences = 16  # a busy engine: one sequence gets 1.25 tokens/s, a round takes 8 s
+    runner.throughput.per_sequence = 20.0 / 16  # a busy engine: one sequence gets 1.25 tokens/s, a round takes 8 s
     refusal = runner.floor_refusal(sc(), 3.0, REFUSE_8)
     assert refusal.startswith("floor: an answer resting on 8 knob units of self-consistency needs about 8.0 s")
-    assert "deadline_s is 3 s" in refusal and "over 16 sequences" in refusal
+    assert "deadline_s is 3 s" in refusal and "at the measured 1.2 tokens/s per sequence" in refusal
     assert runner.floor_refusal(sc(), 9.0, REFUSE_8) == ""
-    runner.throughput.sequences = 0  # idle: a round of samples side by side takes 0.5 s
+    runner.throughput.per_sequence = 20.0  # idle: a round of samples side by side takes 0.5 s
     assert runner.floor_refusal(sc(), 3.0, REFUSE_8) == ""
     assert runner.floor_refusal(sc(), 3.0, QualityFloor(units=8, action="degrade")) == "", "degrade admits"
     assert measured(AGREE_ENGINE, rate=None).floor_refusal(sc(), 3.0, REFUSE_8) == "", "no rate yet: admit"
@@ -78,7 +78,7 @@ def test_refuse_mid_run_as_soon_as_the_measured_rate_shows_the_floor_is_out_of_r
     clock = FakeClock()
     engine = clocked_engine(clock, per_sample_s=1.5)
     runner = measured(engine, clock)
-    runner.throughput.sequences = 4  # a unit takes 2 s at the measured rate: after 4 units at 6 s, 1 s is too little
+    runner.throughput.per_sequence = 20.0 / 4  # a unit takes 2 s at the measured rate: after 4 units at 6 s, 1 s is too little
     state = asyncio.run(runner.run("p", OneAtATime(budget=8), deadline_s=7.0, floor=REFUSE_8))
     assert state.stop_reason is StopReason.REFUSED and state.answer is None
     assert len(engine.calls) == 4, "refused before a fifth unit was started"

@@ -237,6 +237,20 @@ def test_throughput_windows_carry_the_mean_sequences_in_flight():
     assert windows[-1] == (8.0, 1.0, 80.0), "idle time is not counted"
 
 
+def test_the_speed_of_one_sequence_is_each_windows_rate_over_its_own_sequences():
+    """Not the averaged rate over the sequences in flight now: 3 sequences made 30 tokens/s (10
+    each); 8 arriving afterwards do not make that 30 / 8 before a window has measured them."""
+    meter = ThroughputMeter(window_s=1.0, alpha=0.5)
+    meter.busy(0.0)
+    meter.sequences_changed(3, 0.0)
+    meter.add(30, 1.0)
+    assert meter.per_sequence == 10.0
+    meter.sequences_changed(5, 1.0)  # 8 in flight from now
+    assert meter.per_sequence == 10.0
+    meter.add(48, 2.0)  # 8 sequences made 48 tokens/s: 6 each
+    assert meter.per_sequence == 8.0, "averaged in"
+
+
 class CapacityCurve(ScriptedEngine):
     """Time passes with the tokens it streams, at a rate set by the sequences in flight: tokens/s
     grows linearly up to `knee_seqs` sequences, then stays. The runner's clock is `self.now`."""
