@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup warm demo test unit lint serve bench-slo bench-live bench-policy bench-accuracy bench-dynasor bench-scheduling bench-scheduler bench-batch loadtest clean
+.PHONY: setup warm demo test unit lint serve bench-slo bench-live bench-policy bench-accuracy bench-dynasor bench-scheduling bench-scheduler bench-batch bench-slo-floor bench-openai bench-cot openai loadtest clean
 
 setup:
 	@bash scripts/setup.sh
@@ -24,10 +24,15 @@ unit: setup
 # ruff over everything; mypy over the packages (strict for scheduler_backend, see pyproject.toml).
 lint: setup
 	.venv/bin/ruff check .
-	.venv/bin/mypy scheduler_backend engines serving client benchmarks loadtest
+	.venv/bin/mypy scheduler_backend engines serving client frontends benchmarks loadtest
 
 serve: warm
 	.venv/bin/dynasor serve
+
+# The server with its OpenAI-compatible API on OPENAI_PORT (docs/openai.md).
+OPENAI_PORT ?= 9000
+openai: warm
+	.venv/bin/dynasor serve --openai-port $(OPENAI_PORT)
 
 # The live server against trace replay on held-out questions, and the default allocation against
 # the uniform budget on problems it was not fitted on (real server, Qwen; about 15 minutes on 2 cores).
@@ -52,6 +57,21 @@ bench-scheduling: warm
 bench-slo: warm
 	$(PY) -m benchmarks.bench_slo
 	$(PY) -m loadtest.slo_report
+
+# SLO sweeps at a quality floor, code and math (100 programs a point), then the report: about 50
+# minutes on 2 cores. The first math sweep without a floor (runs/slo/real.json) is `bench-slo`'s.
+bench-slo-floor: warm
+	$(PY) -m benchmarks.bench_slo --workload code --rates 0.2,0.4 --slo-scales 2 --scale-sweep-rate 0.2 --programs 100 --floor 2 --out runs/slo/code.json
+	$(PY) -m benchmarks.bench_slo --workload math --rates 0.25 --slo-scales 2 --scale-sweep-rate 0.25 --programs 100 --floor 2 --out runs/slo/math.json
+	$(PY) -m loadtest.slo_report
+
+# The OpenAI front's cost: the same self-consistency load through it and straight through gRPC.
+bench-openai: warm
+	$(PY) -m benchmarks.bench_openai
+
+# Dynasor-CoT over chat: tokens saved at equal accuracy on GSM8K chains of thought (replayed presets).
+bench-cot: warm
+	$(PY) -m benchmarks.bench_cot
 
 bench-scheduler: setup
 	$(PY) -m benchmarks.bench_scheduler

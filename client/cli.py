@@ -89,20 +89,48 @@ def _brief(answer: str | None) -> str:
     return str(answer)
 
 
+class ProgressLine:
+    """`dynasor ask`'s progress: on a terminal one line updated in place, elsewhere a line per
+    change (a program reports every second; a repeat says nothing new), nothing with --quiet."""
+
+    def __init__(self, stream: Any = None, quiet: bool = False):
+        self.stream = stream or sys.stdout
+        self.quiet = quiet
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.last = ""
+
+    def show(self, p: Any) -> None:
+        if self.quiet or p.final:
+            return
+        line = f"  ... answer={_brief(p.answer):<14} certaindex={p.certaindex:.2f}  steps={p.steps}/{p.budget}  tokens={p.tokens_used}"
+        if line == self.last:
+            return
+        self.last = line
+        self.stream.write(f"\r\033[K{line}" if self.tty else f"{line}\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        """End the line updated in place, so what follows starts on its own."""
+        if self.tty and self.last:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
 def _ask(args: argparse.Namespace) -> int:
-    from client.dynasor_client import DynasorClient, ProgramError, Progress
+    from client.dynasor_client import DynasorClient, ProgramError
 
     client = DynasorClient(args.url, protocol=args.protocol)
-
-    def show(p: Progress) -> None:
-        if not p.final:
-            print(f"  ... answer={_brief(p.answer):<14} certaindex={p.certaindex:.2f}  steps={p.steps}/{p.budget}  tokens={p.tokens_used}", flush=True)
-
+    line = ProgressLine(quiet=args.quiet)
     try:
-        result = client.solve(args.question, args.program, _options(args), on_progress=show)
+        result = client.solve(args.question, args.program, _options(args), on_progress=line.show)
     except ProgramError as e:
+        line.close()
         print(f"error: {e}", file=sys.stderr)
         return 2
+    line.close()
+    if args.quiet:
+        print(result.answer)
+        return 0
     print(f"answer:{chr(10) if result.answer and chr(10) in result.answer else ' '}{result.answer}\ncertaindex: {result.certaindex:.3f}\nstopped: {result.stop_reason}\n"
           f"steps: {result.steps}/{result.budget}  tokens: {result.tokens_used}  latency: {result.latency_s:.1f} s")
     return 0
@@ -148,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ask = sub.add_parser("ask", help="run one reasoning program and show its progress")
     ask.add_argument("question")
+    ask.add_argument("--quiet", "-q", action="store_true", help="print the answer only (for scripts)")
     _program_args(ask)
 
     solve = sub.add_parser("solve", help="run a JSONL file of questions; accuracy when it has answers")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -159,7 +159,7 @@ def _http_error(body: str) -> str:
 
 
 async def aio_stream(url: str, model: str, inputs: Mapping[str, Any], parameters: Mapping[str, Any] | None = None,
-                     timeout_s: float = 900.0) -> AsyncIterator[dict[str, Any]]:
+                     timeout_s: float = 900.0) -> AsyncGenerator[dict[str, Any], None]:
     """One decoupled gRPC stream through tritonclient.grpc.aio: each response's outputs by name,
     until the final flag. An error response raises ProgramError with its message. Closing the
     iterator early closes the stream, which cancels the request on the server."""
@@ -189,7 +189,7 @@ class AsyncDynasorClient(_Connection):
     """asyncio client: gRPC through tritonclient.grpc.aio, HTTP through aiohttp."""
 
     async def stream(self, question: str, program: str | None = None, options: Mapping[str, Any] | None = None,
-                     parameters: Mapping[str, Any] | None = None) -> AsyncIterator[Progress]:
+                     parameters: Mapping[str, Any] | None = None) -> AsyncGenerator[Progress, None]:
         """`parameters`: request parameters beside the inputs (`client_id`, gRPC only)."""
         inputs = request_inputs(question, program, options)
         if self.protocol == "http":

@@ -29,7 +29,7 @@ EFFORT_OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
 COT_CHUNK_TOKENS = {"mild": 64, "low": 64, "mid": 64, "high": 64, "crazy": 32}  # as scheduler_backend.programs.EFFORTS
 # Fields OpenAI clients send that a reasoning program cannot honour: refused by name when they ask
 # for something (a default value passes).
-_UNSUPPORTED = {"tools": (None, []), "tool_choice": (None, "none", "auto"), "logprobs": (None, False), "top_logprobs": (None, 0),
+_UNSUPPORTED: dict[str, tuple[Any, ...]] = {"tools": (None, []), "tool_choice": (None, "none", "auto"), "logprobs": (None, False), "top_logprobs": (None, 0),
                 "response_format": (None, {"type": "text"}), "functions": (None, []), "logit_bias": (None, {})}
 
 
@@ -146,7 +146,8 @@ def _options(body: Mapping[str, Any], program: str) -> dict[str, Any]:
 def _max_tokens(body: Mapping[str, Any]) -> int | None:
     a = _number(body, "max_completion_tokens", 1, 1 << 20, integer=True)
     b = _number(body, "max_tokens", 1, 1 << 20, integer=True)
-    return a if a is not None else b
+    value = a if a is not None else b
+    return None if value is None else int(value)
 
 
 def _check_common(body: Mapping[str, Any]) -> tuple[bool, bool, str | None]:

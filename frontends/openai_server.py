@@ -15,7 +15,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
@@ -62,7 +62,7 @@ class Events:
     def __init__(self, triton: str, call: ProgramCall, timeout_s: float):
         self.triton, self.call, self.timeout_s = triton, call, timeout_s
 
-    async def __aiter__(self) -> AsyncIterator[tuple[str, Any]]:
+    async def __aiter__(self) -> AsyncGenerator[tuple[str, Any], None]:
         params = {"client_id": self.call.client_id} if self.call.client_id else {}
         try:
             if self.call.program is None:
@@ -84,7 +84,7 @@ class Events:
             detail = e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e)
             raise ApiError(503, f"triton at {self.triton} unavailable: {detail}") from None
 
-    async def _plain(self, params: dict[str, Any]) -> AsyncIterator[tuple[str, Any]]:
+    async def _plain(self, params: dict[str, Any]) -> AsyncGenerator[tuple[str, Any], None]:
         inputs: dict[str, Any] = {"sampling_parameters": json.dumps(self.call.sampling), "stream": True}
         if self.call.messages:
             inputs["messages"] = json.dumps(self.call.messages)
@@ -105,7 +105,7 @@ class Events:
         yield "final", (tokens, "length" if finish == "length" else "stop")
 
 
-def _pump(events: AsyncIterator[tuple[str, Any]]) -> tuple[asyncio.Task, asyncio.Queue]:
+def _pump(events: AsyncGenerator[tuple[str, Any], None]) -> tuple[asyncio.Task, asyncio.Queue]:
     """Run a stream's events in a task of their own, into a queue: the response generator only
     reads the queue, and cancelling the task (client gone) unwinds the gRPC stream with plain
     asyncio cancellation, whatever cancel scope the web server runs the response in."""
@@ -113,7 +113,7 @@ def _pump(events: AsyncIterator[tuple[str, Any]]) -> tuple[asyncio.Task, asyncio
 
     async def run() -> None:
         try:
-            async with aclosing(events) as each:  # type: ignore[type-var]
+            async with aclosing(events) as each:
                 async for event in each:
                     await queue.put(("event", event))
             await queue.put(("end", None))

@@ -75,13 +75,14 @@ def limit(rows: Sequence[Mapping[str, Any]], system: str, along: str, fixed: flo
     if not attain:
         raise ValueError(f"no rows of {system!r} at {ALONG[along]} = {fixed:g}")
     accuracy = _curve(rows, system, along, fixed, "accuracy")
-    ends = {"attainment": _last_at(attain, target)}
+    found = {"attainment": _last_at(attain, target)}
     if accuracy_at_least is not None:
-        ends["accuracy"] = _last_at(accuracy, accuracy_at_least - 1e-9)
-    if any(v is None for v in ends.values()):
-        return Limit(None, None, next(k for k, v in ends.items() if v is None))
+        found["accuracy"] = _last_at(accuracy, accuracy_at_least - 1e-9)
+    ends = {k: v for k, v in found.items() if v is not None}
+    if len(ends) < len(found):
+        return Limit(None, None, next(k for k in found if k not in ends))
     x = min(ends.values())
-    bound_by = "range" if x >= attain[-1][0] else min(ends, key=lambda k: ends[k])
+    bound_by = "range" if x >= attain[-1][0] else min(ends, key=ends.__getitem__)
     sign = 1.0 if along == "rate" else -1.0
     return Limit(sign * x, _read(accuracy, x), bound_by)
 

@@ -271,8 +271,8 @@ def floor_section(path: str | Path, out: Path, programs: int, seeds: int) -> tup
             axes[0].plot([q[0] for q in pts], [q[1] for q in pts], "o", color=COLORS[name], label=f"{name} (real)")
             axes[1].errorbar([q[0] for q in pts], [q[2] for q in pts], yerr=[q[3] for q in pts], fmt="o", color=COLORS[name],
                              label=f"{name} (real, ± s.e.)")
-        own = sorted((r["slo_scale"], r["attainment_at_floor"]) for r in sim_scale if r["system"] == name)
-        axes[2].plot(*zip(*own), "-", color=COLORS[name], label=f"{name} (simulated)")
+        scale_curve = sorted((r["slo_scale"], r["attainment_at_floor"]) for r in sim_scale if r["system"] == name)
+        axes[2].plot(*zip(*scale_curve), "-", color=COLORS[name], label=f"{name} (simulated)")
     if by_rate.baseline.accuracy is not None:
         axes[1].axhline(by_rate.baseline.accuracy, color="grey", lw=0.8, ls=":", label="baseline's accuracy at its limit")
     for ax, xlabel, ylabel in ((axes[0], f"programs/s (SLO scale {rate_scale:g})", "SLO attainment at the floor"),

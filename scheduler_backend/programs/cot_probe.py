@@ -42,6 +42,8 @@ class CotProbe(PolicyProgram):
         self.thought_ended = False
         self.chunks = 0  # received
         self.probes: dict[int, tuple[str | None, str]] = {}  # chunk index -> (answer, probe text)
+        self.chunk_tokens: list[int] = []  # each chunk's tokens, and each probe's: a replay's costs
+        self.probe_tokens: dict[int, int] = {}
         self._chunk_waiting = False
         self._probe_due = False  # the latest chunk's probe is still to be issued
         self._probes_waiting: set[int] = set()
@@ -76,6 +78,7 @@ class CotProbe(PolicyProgram):
         if result.key.startswith("chunk"):
             self._chunk_waiting = False
             self.thought += sample.text if sample else ""
+            self.chunk_tokens.append(result.num_tokens)
             self.chunks += 1
             if sample is not None and sample.finish_reason == "stop":
                 self.thought_ended = True
@@ -87,6 +90,7 @@ class CotProbe(PolicyProgram):
             self._probes_waiting.discard(i)
             text = sample.text if sample else ""
             self.probes[i] = (extract_probe_answer(text), text)
+            self.probe_tokens[i] = result.num_tokens
             self._consult(capped=self.chunks >= self.budget and not self._probes_waiting and not self._probe_due)
 
     def _window(self) -> list[tuple[str | None, str]]:
@@ -110,9 +114,13 @@ class CotProbe(PolicyProgram):
         return self.chunks + self._chunk_waiting
 
     def extra_state(self) -> dict[str, Any]:
+        order = sorted(self.probes)
         return {
-            "probes": [self.probes[i][0] for i in sorted(self.probes)],
+            "probes": [self.probes[i][0] for i in order],
             "hedging": any(is_hedging(text) for _, text in self._window()),
+            "hedges": [is_hedging(self.probes[i][1]) for i in order],
+            "probe_tokens": [self.probe_tokens[i] for i in order],
+            "chunk_tokens": list(self.chunk_tokens),
             "thought_ended": self.thought_ended,
             "thought": self.thought,  # so far: clients stream it as it grows (reasoning_content)
         }

@@ -179,6 +179,11 @@ def test_cli_ask_and_solve(server, tmp_path, capsys):
     assert main(["ask", QUESTION, "--url", server.grpc_url, "--budget", "2", "--options", json.dumps({"round_size": 2, "max_tokens": 32})]) == 0
     out = capsys.readouterr().out
     assert "answer:" in out and "certaindex:" in out and "steps: 2/2" in out
+    progress = [line for line in out.splitlines() if line.startswith("  ... ")]
+    assert len(progress) == len(set(progress)), "a progress line repeats"
+    assert main(["ask", QUESTION, "--url", server.grpc_url, "--budget", "2", "--quiet", "--options", json.dumps({"round_size": 2, "max_tokens": 32})]) == 0
+    quiet = capsys.readouterr().out.splitlines()
+    assert len(quiet) == 1 and "certaindex" not in quiet[0] and "..." not in quiet[0]
 
     data = tmp_path / "q.jsonl"
     data.write_text("".join(json.dumps({"question": QUESTION, "answer": "#### 8"}) + "\n" for _ in range(2)))
