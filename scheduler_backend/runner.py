@@ -286,8 +286,8 @@ class ProgramRunner:
         per-program rate, so later rounds ask for less instead of being cut. When not one more
         unit fits, a program with an answer stops now (DEADLINE: on time, its compute freed); one
         without keeps a single unit, its only chance of an answer. Under a refusing quality floor
-        the budget never drops below the floor, and a program whose floor's missing units no
-        longer fit in one round before the deadline is stopped at once (REFUSED), freeing its
+        the budget never drops below the floor, and a program whose floor's units not yet issued
+        no longer fit in one round before the deadline is stopped at once (REFUSED), freeing its
         compute, with the time it would have needed."""
         program = live.program
         rate = self._rate_per_program()
@@ -297,7 +297,9 @@ class ProgramRunner:
         time_left = max(deadline - self.clock(), 0.0)
         fit = math.floor(time_left * rate / self._unit_cost(program))
         floor = live.floor
-        if floor.refuses and program.steps_used() < floor.units and time_left < round_s:
+        # Refused only while some of the floor's units are still to be issued: a round already in
+        # flight started earlier and needs less than a whole round (the deadline judges it).
+        if floor.refuses and program.units_committed() < floor.units and time_left < round_s:
             live.refusal = (f"floor: {floor.units} knob units of {program.name} cannot be reached by the deadline: "
                             f"{program.steps_used()} done, the rest need a round of about {round_s:.1f} s at the measured "
                             f"{self.throughput.per_sequence:,.1f} tokens/s per sequence, {time_left:.1f} s left")

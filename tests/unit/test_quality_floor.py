@@ -12,6 +12,7 @@ from engines.scripted import ScriptedEngine
 from scheduler_backend.engine import SamplingSpec
 from scheduler_backend.program import GenerateStep, ProgramState, ReasoningProgram, Step, StepResult, StopReason
 from scheduler_backend.quality import QualityFloor
+from scheduler_backend.runner import _Live
 from tests.unit.test_deadlines import AGREE_ENGINE, FakeClock, clocked_engine, measured, sc
 
 REFUSE_8 = QualityFloor(units=8, action="refuse")
@@ -84,6 +85,26 @@ def test_refuse_mid_run_as_soon_as_the_measured_rate_shows_the_floor_is_out_of_r
     assert len(engine.calls) == 4, "refused before a fifth unit was started"
     assert state.extra["refusal"].startswith("floor: 8 knob units of one-at-a-time cannot be reached by the deadline: 4 done")
     assert state.extra["quality"]["floor_met"] is False and state.extra["quality"]["stop_reason"] == "refused"
+
+
+def test_a_floor_already_in_flight_is_left_to_the_deadline_not_refused_mid_round():
+    """A progress tick 1 s before the deadline, the floor's 4 samples out together for 5 s: a new
+    round would take 2 s at the measured speed, but this one is not new and may finish in time,
+    so it is not refused then (the deadline judges it). A floor not yet issued is refused."""
+    clock = FakeClock()
+    runner = measured(ScriptedEngine(lambda call, i: "\\boxed{8}"), clock)
+    runner.throughput.per_sequence = 20.0 / 4
+    floor = QualityFloor(units=4, action="refuse")
+    program = sc(budget=4)
+    program.min_units = 4
+    live = _Live(program, floor=floor)
+    assert [s.sampling.n for s in program.next_steps()] == [4]  # issued, in flight
+    clock.now = 6.0
+    runner._fit_to_deadline(live, deadline=7.0)
+    assert not program.done and not live.refusal
+    fresh = _Live(sc(budget=4), floor=floor)
+    runner._fit_to_deadline(fresh, deadline=7.0)
+    assert fresh.program.stop_reason is StopReason.REFUSED and fresh.refusal.startswith("floor: 4 knob units")
 
 
 def test_self_consistency_sends_its_floor_in_the_first_round():
