@@ -13,6 +13,7 @@ from engines.scripted import ScriptedEngine
 from engines.simulated import EngineModel, SimulatedEngine, TraceSamples, prompt_tokens, sample_text
 from loadtest.simulator import SYSTEMS, SimConfig, main, simulate, sustainable_rate, sweep, tightest_slo_scale
 from loadtest.slo_report import AGREEMENT_POINTS, engine_model, equal_accuracy_bound, load_real
+from loadtest.slo_report import TRACES as WORKLOAD_TRACES
 from loadtest.virtual_loop import run_virtual
 from scheduler_backend.allocation import ThresholdPolicy
 from scheduler_backend.engine import GenerateCall, SamplingSpec
@@ -331,3 +332,23 @@ def test_a_refusing_floor_in_the_simulator_serves_no_guess_below_it():
     degraded = simulate("dynasor", GSM8K, rate=6, slo_scale=0.5, programs=150, model=GPU,
                         config=SimConfig(floor=QualityFloor(units=8, action="degrade")))
     assert any(r.answer is not None and not r.floor_met for r in degraded.records), "degrade serves guesses below it"
+
+
+@pytest.mark.parametrize("workload", ["code", "math"])
+def test_the_simulator_reproduces_the_real_sweeps_at_the_quality_floor(workload):
+    """The real points of `make bench-slo-floor` (docs/results/slo_floor_*_real.json, 100 programs
+    each, a quality floor of 2 samples, refusing) simulated again on the engine fitted to that run:
+    SLO attainment at the floor agrees within 15 points, as for the sweep without a floor."""
+    real = load_real(Path(__file__).resolve().parents[2] / "docs" / "results" / f"slo_floor_{workload}_real.json")
+    s = real["settings"]
+    assert s["floor"] >= 1 and s["programs"] >= 100
+    config = SimConfig(budget=s["budget"], max_tokens=s["max_tokens"], base_deadline_s=s["base_deadline_s"],
+                       floor=QualityFloor(s["floor"], s["floor_action"]))
+    traces = load_traces(TRACES / WORKLOAD_TRACES[workload])[: s["questions"]]
+    misses = []
+    for p in real["points"]:
+        sim = sweep([p["system"]], traces, rates=[p["rate"]], slo_scales=[p["slo_scale"]], programs=p["programs"],
+                    model=engine_model(real), config=config, seeds=3)[0]
+        if abs(sim["attainment_at_floor"] - p["attainment_at_floor"]) > AGREEMENT_POINTS:
+            misses.append((p["system"], p["rate"], p["attainment_at_floor"], round(sim["attainment_at_floor"], 3)))
+    assert len(real["points"]) >= 2 and not misses, misses
