@@ -240,6 +240,8 @@ def server_error(message: str) -> ApiError:
     if m:
         name = m.group(1)
         param = {"text_input": "messages", "client_id": "user", "program": "model"}.get(name)
+        if name.startswith("sampling_parameters."):  # plain chat: the policy model's names are OpenAI's
+            param = name[len("sampling_parameters."):]
         if param is None:
             param = "dynasor." + name[len("options."):] if name.startswith("options.") else ("dynasor" if name == "options" else name)
         return ApiError(400, message, param)
