@@ -58,10 +58,11 @@ bench-slo: warm
 	$(PY) -m benchmarks.bench_slo
 	$(PY) -m loadtest.slo_report
 
-# SLO sweeps at a quality floor, code and math (100 programs a point), then the report: about 50
+# SLO sweeps at a quality floor, code and math (100 programs a point), then the report: about 70
 # minutes on 2 cores. The first math sweep without a floor (runs/slo/real.json) is `bench-slo`'s.
 bench-slo-floor: warm
 	$(PY) -m benchmarks.bench_slo --workload code --rates 0.2,0.4 --slo-scales 2 --scale-sweep-rate 0.2 --programs 100 --floor 2 --out runs/slo/code.json
+	$(PY) -m benchmarks.bench_slo --workload code --systems baseline --rates 0.1 --slo-scales 2 --scale-sweep-rate 0.1 --programs 100 --floor 2 --out runs/slo/code.json
 	$(PY) -m benchmarks.bench_slo --workload math --rates 0.25 --slo-scales 2 --scale-sweep-rate 0.25 --programs 100 --floor 2 --out runs/slo/math.json
 	$(PY) -m loadtest.slo_report
 

@@ -160,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         # A later run adds or replaces points (same seed: the same arrivals and questions); what it
         # does not run is kept, with the first run's settings, which must agree on the workload.
         before = json.loads(out.read_text())
-        same = ("workload", "rate_sweep_scale", "scale_sweep_rate", "base_deadline_s", "duration_s", "programs", "budget",
-                "max_tokens", "questions", "seed", "floor", "floor_action")
+        same = ("workload", "base_deadline_s", "duration_s", "programs", "budget", "max_tokens", "questions", "seed", "floor",
+                "floor_action")  # which rates and scales a run adds is its own: each point carries them
         defaults = {"workload": "math", "programs": 0, "floor": 0, "floor_action": "refuse"}  # runs from before these settings
         differ = [k for k in same if before["settings"].get(k, defaults.get(k)) != result["settings"][k]]
         if differ:

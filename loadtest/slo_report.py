@@ -23,7 +23,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,8 @@ from tqdm import tqdm  # noqa: E402
 from engines.simulated import PRESETS, EngineModel  # noqa: E402
 from loadtest.equal_accuracy import Comparison, Limit, binomial_se, compare  # noqa: E402
 from loadtest.simulator import SimConfig, simulate, sustainable_rate, sweep, tightest_slo_scale  # noqa: E402
+from loadtest.slo import ProgramRecord, summarize  # noqa: E402
+from scheduler_backend.datasets import is_correct, load  # noqa: E402
 from scheduler_backend.quality import QualityFloor  # noqa: E402
 from scheduler_backend.traces import load_traces  # noqa: E402
 from scheduler_backend.tradeoffs import analyse, tokens_at  # noqa: E402
@@ -176,6 +178,23 @@ TRACES = {"math": "gsm8k-test-sc16.jsonl", "code": "humaneval-test-code16.jsonl"
 FLOOR_SCALES = (0.5, 0.75, 1, 1.25, 1.5, 2, 3, 4)
 
 
+def regrade(out: Path) -> None:
+    """Grade the code answers of a run's points again, at rest, and recompute their summaries from
+    the records: runs made before the load test graded at test stop had hidden tests time out on
+    the loaded machine and count right answers as wrong."""
+    result = json.loads(out.read_text())
+    problems = {p.id: p for p in load({"math": "gsm8k", "code": "humaneval"}[result["settings"]["workload"]], "test")}
+    for point in result["points"]:
+        path = out.parent / f"{result['settings']['workload']}-{point['system']}-r{point['rate']:g}-s{point['slo_scale']:g}.records.jsonl"
+        records = [ProgramRecord(**json.loads(line)) for line in path.read_text().splitlines()]
+        graded = [replace(r, correct=is_correct(problems[r.question_id], r.answer)) for r in records]
+        changed = sum(a.correct != b.correct for a, b in zip(records, graded))
+        path.write_text("".join(json.dumps(asdict(r)) + "\n" for r in graded))
+        point.update(asdict(summarize(graded, point["duration_s"])[next(iter({r.user_class for r in graded}))]))
+        print(f"{path.name}: {changed} of {len(graded)} regraded; accuracy now {point['accuracy']:.1%}", flush=True)
+    out.write_text(json.dumps(result, indent=1))
+
+
 def show_limit(limit: Limit, along: str) -> str:
     """A limit in words: the rate or SLO scale, the accuracy there and what bounds it."""
     if limit.value is None:
@@ -214,8 +233,8 @@ def floor_section(path: str | Path, out: Path, programs: int, seeds: int) -> tup
           f"judged at the same floor); {s['programs']} programs per real point. Engine fitted to that run: "
           f"{model.tokens_per_s(8):.0f} tok/s at 8 sequences, {model.tokens_per_s(64):.0f} at 64. Reproduce: "
           f"`python -m benchmarks.bench_slo --workload {workload} --floor {floor.units} --programs {s['programs']} "
-          f"--rates {','.join(f'{r:g}' for r in s['rates'])} --slo-scales {s['rate_sweep_scale']:g} "
-          f"--scale-sweep-rate {s['scale_sweep_rate']:g} --out {path}`, then `python -m loadtest.slo_report`.", ""]
+          f"--systems SYSTEM --rates RATES --slo-scales {s['rate_sweep_scale']:g} --out {path}` per system and rates of the table "
+          f"below, then `python -m loadtest.slo_report` (`make bench-slo-floor` runs it all).", ""]
     agreement = []
     for p in tqdm(real["points"], desc=f"{workload}: simulating the real points", unit="pt"):
         sim = sweep([p["system"]], traces, rates=[p["rate"]], slo_scales=[p["slo_scale"]], programs=p["programs"], model=model,
@@ -346,8 +365,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--floor-runs", default="runs/slo/code.json,runs/slo/math.json",
                     help="bench_slo runs at a quality floor (--floor), one per workload: the equal-accuracy sections")
     ap.add_argument("--floor-programs", type=int, default=300, help="programs per simulated point of the floor sections (x --seeds)")
+    ap.add_argument("--regrade", action="store_true",
+                    help="first grade the floor runs' answers again at rest (runs from before Locust graded code at test stop)")
     args = ap.parse_args(argv)
     start = time.perf_counter()
+    if args.regrade:
+        for path in [x for x in args.floor_runs.split(",") if x]:
+            regrade(Path(path))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     floor_md: list[str] = []
