@@ -43,9 +43,9 @@ def _curve(rows: Sequence[Mapping[str, Any]], system: str, along: str, fixed: fl
     return sorted((sign * r[along], r[key]) for r in rows if r["system"] == system and r[ALONG[along]] == fixed)
 
 
-def _last_at(points: list[tuple[float, float]], target: float) -> float | None:
-    """The largest x before y first drops below `target` (linear between points); None when the
-    first point already misses it."""
+def last_at(points: list[tuple[float, float]], target: float) -> float | None:
+    """Where y, falling along x, first drops below `target`: the largest x still at it (linear
+    between points; the last x when it never drops); None when the first point already misses it."""
     if not points or points[0][1] < target:
         return None
     for (x0, y0), (x1, y1) in zip(points, points[1:]):
@@ -75,9 +75,9 @@ def limit(rows: Sequence[Mapping[str, Any]], system: str, along: str, fixed: flo
     if not attain:
         raise ValueError(f"no rows of {system!r} at {ALONG[along]} = {fixed:g}")
     accuracy = _curve(rows, system, along, fixed, "accuracy")
-    found = {"attainment": _last_at(attain, target)}
+    found = {"attainment": last_at(attain, target)}
     if accuracy_at_least is not None:
-        found["accuracy"] = _last_at(accuracy, accuracy_at_least - 1e-9)
+        found["accuracy"] = last_at(accuracy, accuracy_at_least - 1e-9)
     ends = {k: v for k, v in found.items() if v is not None}
     if len(ends) < len(found):
         return Limit(None, None, next(k for k in found if k not in ends))

@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from engines.policy_stream import SampleAccumulator
 from engines.simulated import EngineModel, SimulatedEngine, TraceSamples
+from loadtest.equal_accuracy import last_at
 from loadtest.slo import ClassSummary, Outcome, ProgramRecord, percentile, program_deadline, summarize
 from loadtest.virtual_loop import run_virtual
 from scheduler_backend.allocation import AllocationPolicy, UniformPolicy, load_policy
@@ -296,29 +297,18 @@ def _mean_row(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _crossing(points: list[tuple[float, float]], target: float) -> float | None:
-    """Where attainment, falling along x, first drops below `target` (linear between points):
-    the largest x still at `target`; None when the first point already misses it."""
-    if not points or points[0][1] < target:
-        return None
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
-        if y1 < target:
-            return x0 + (x1 - x0) * (y0 - target) / (y0 - y1)
-    return points[-1][0]
-
-
 def sustainable_rate(rows: Sequence[Mapping[str, Any]], system: str, slo_scale: float, target: float = 0.9) -> float | None:
     """The highest program rate at which `system` attains the SLO for `target` of its programs
     (interpolated; the highest rate tested when it never drops; None when even the lowest misses)."""
     points = sorted((r["rate"], r["attainment"]) for r in rows if r["system"] == system and r["slo_scale"] == slo_scale)
-    return _crossing(points, target)
+    return last_at(points, target)
 
 
 def tightest_slo_scale(rows: Sequence[Mapping[str, Any]], system: str, rate: float, target: float = 0.9) -> float | None:
     """The smallest SLO scale at which `system` still attains `target` at `rate` (interpolated;
     the smallest tested when all attain it; None when even the loosest misses)."""
     points = sorted((-r["slo_scale"], r["attainment"]) for r in rows if r["system"] == system and r["rate"] == rate)
-    crossing = _crossing(points, target)
+    crossing = last_at(points, target)
     return None if crossing is None else -crossing
 
 
