@@ -234,7 +234,8 @@ def server_error(message: str) -> ApiError:
     field it came from, a per-client limit 429, the server busy, refusing or restarting 503."""
     if "max_programs_per_client" in message:
         return ApiError(429, message, "user")
-    if any(s in message for s in ("server busy", "floor:", "program failed", "draining", "not ready", "unavailable", "unknown model")):
+    if any(s in message for s in ("server busy", "floor:", "program failed", "restarting", "draining", "not ready", "unavailable",
+                                  "unknown model")):
         return ApiError(503, message)
     m = _FIELD.search(message)
     if m:

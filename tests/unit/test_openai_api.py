@@ -64,6 +64,7 @@ def test_bad_fields_are_refused_by_name(body, status, param) -> None:
     ("server busy: 256 programs in flight, at most 256 (config.pbtxt max_programs_in_flight); retry later", 503, None),
     ("floor: an answer resting on 8 knob units needs about 30 s here now; deadline_s is 3 s", 503, None),
     ("program failed: engine died", 503, None),
+    ("policy engine is restarting; retry shortly", 503, None),
     ("sampling_parameters.seed: per-request seeds are refused on this engine", 400, "seed"),
 ])
 def test_server_errors_map_to_openai_statuses(message, status, param) -> None:
