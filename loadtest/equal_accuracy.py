@@ -6,8 +6,10 @@ A system's *limit* along a sweep is how far it goes (highest rate, or tightest S
 at least `target` of its programs get an answer that meets the quality floor by their deadline
 (`attainment_at_floor`); the baseline's accuracy there is the reference. Dynasor's limit *at equal
 accuracy* also stops where its accuracy (right answers over every program that arrived, refused
-ones counted as not right) falls below that reference: a point it attains only by answering worse
-does not count. Between tested points both curves are read linearly.
+ones counted as not right) falls below that reference by more than one standard error of the
+difference of two accuracies measured on that many programs: a point it attains only by answering
+worse does not count, a difference the measurement cannot tell from noise does not decide.
+Between tested points both curves are read linearly.
 """
 from __future__ import annotations
 
@@ -97,6 +99,7 @@ class Comparison:
     baseline: Limit
     dynasor: Limit
     dynasor_any_accuracy: Limit
+    tolerance: float  # how far below the baseline's accuracy still counts as equal (one s.e. of the difference)
 
     @property
     def ratio(self) -> float | None:
@@ -113,5 +116,9 @@ def compare(rows: Sequence[Mapping[str, Any]], along: str, fixed: float, *, targ
     """`system` (dynasor, or a step of the ablation) against the baseline at equal accuracy."""
     base = limit(rows, "baseline", along, fixed, target=target)
     free = limit(rows, system, along, fixed, target=target)
-    held = free if base.accuracy is None else limit(rows, system, along, fixed, target=target, accuracy_at_least=base.accuracy)
-    return Comparison(along, fixed, base, held, free)
+    if base.accuracy is None:
+        return Comparison(along, fixed, base, free, free, 0.0)
+    n = min(int(r["programs"]) for r in rows if r[ALONG[along]] == fixed and r["system"] in ("baseline", system))
+    tolerance = math.sqrt(2.0) * binomial_se(base.accuracy, n)
+    held = limit(rows, system, along, fixed, target=target, accuracy_at_least=base.accuracy - tolerance)
+    return Comparison(along, fixed, base, held, free, tolerance)

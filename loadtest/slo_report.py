@@ -209,6 +209,7 @@ def comparison_line(c: Comparison) -> str:
     what, held = ("sustainable rate", "SLO scale") if c.along == "rate" else ("tightest SLO scale", "programs/s")
     ratio = "n/a" if c.ratio is None else f"**{c.ratio:.2f}x**"
     return (f"{what} at {held} {c.fixed:g}: baseline {show_limit(c.baseline, c.along)}; dynasor at the baseline's accuracy "
+            f"(within {c.tolerance:.1%}, one s.e. of the difference) "
             f"{show_limit(c.dynasor, c.along)}; dynasor at any accuracy {show_limit(c.dynasor_any_accuracy, c.along)}. "
             f"At equal accuracy, dynasor/baseline {ratio}")
 

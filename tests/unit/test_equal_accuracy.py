@@ -9,9 +9,10 @@ import pytest
 from loadtest.equal_accuracy import binomial_se, compare, limit
 
 
-def row(system: str, rate: float, attainment: float, accuracy: float, scale: float = 2.0) -> dict:
+def row(system: str, rate: float, attainment: float, accuracy: float, scale: float = 2.0, programs: int = 10**14) -> dict:
+    """A sweep point; so many programs by default that accuracy has no error to speak of."""
     return {"system": system, "rate": rate, "slo_scale": scale, "attainment_at_floor": attainment, "accuracy": accuracy,
-            "programs": 100}
+            "programs": programs}
 
 
 # The baseline holds 90% up to 0.2/s (accuracy 0.55 there); dynasor holds attainment to 0.6/s but
@@ -41,6 +42,16 @@ def test_the_slo_scale_sweep_reads_from_loose_to_tight() -> None:
     assert c.dynasor_any_accuracy.value == pytest.approx(0.5) and c.dynasor_any_accuracy.bound_by == "range"
     assert c.dynasor.bound_by == "accuracy" and 1 < c.dynasor.value < 2
     assert c.ratio == pytest.approx(c.baseline.value / c.dynasor.value) and c.ratio > 1
+
+
+def test_accuracy_within_one_standard_error_of_the_difference_counts_as_equal() -> None:
+    """On 100 programs a point, 0.50 against the baseline's 0.55 is within noise (one s.e. of the
+    difference is sqrt(2 x 0.55 x 0.45 / 100) = 7.0 points): dynasor then holds to 0.6/s."""
+    rows = [dict(r, programs=100) for r in ROWS]
+    c = compare(rows, "rate", 2.0)
+    assert c.tolerance == pytest.approx((2 * 0.55 * 0.45 / 100) ** 0.5)
+    assert c.dynasor.value == pytest.approx(0.4 + 0.2 * (0.50 - (0.55 - c.tolerance)) / (0.50 - 0.40))
+    assert c.dynasor.bound_by == "accuracy"
 
 
 def test_a_system_that_misses_at_the_easiest_point_has_no_limit() -> None:
