@@ -208,9 +208,10 @@ def comparison_line(c: Comparison) -> str:
     """One sweep's equal-accuracy comparison in words."""
     what, held = ("sustainable rate", "SLO scale") if c.along == "rate" else ("tightest SLO scale", "programs/s")
     ratio = "n/a" if c.ratio is None else f"**{c.ratio:.2f}x**"
+    held_to = ("n/a (the baseline has no limit to take an accuracy from)" if c.baseline.value is None else
+               f"(within {c.tolerance:.1%}, one s.e. of the difference) {show_limit(c.dynasor, c.along)}")
     return (f"{what} at {held} {c.fixed:g}: baseline {show_limit(c.baseline, c.along)}; dynasor at the baseline's accuracy "
-            f"(within {c.tolerance:.1%}, one s.e. of the difference) "
-            f"{show_limit(c.dynasor, c.along)}; dynasor at any accuracy {show_limit(c.dynasor_any_accuracy, c.along)}. "
+            f"{held_to}; dynasor at any accuracy {show_limit(c.dynasor_any_accuracy, c.along)}. "
             f"At equal accuracy, dynasor/baseline {ratio}")
 
 
