@@ -16,6 +16,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from scheduler_backend.errors import RequestError
+from scheduler_backend.programs import EFFORTS
+from scheduler_backend.registry import Limits, Number
+
 PLAIN = "policy"  # ordinary chat, straight to the engine
 PROGRAMS = {f"dynasor/{name}": name for name in ("self-consistency", "code", "cot-probe", "rebase", "mcts")}
 # reasoning_effort -> options. Sample-based programs scale their budget; cot-probe takes the public
@@ -26,7 +30,6 @@ EFFORT_OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
     **{name: {"low": {"budget": 4}, "medium": {"budget": 8}, "high": {"budget": 16}}
        for name in ("self-consistency", "code", "rebase", "mcts")},
 }
-COT_CHUNK_TOKENS = {"mild": 64, "low": 64, "mid": 64, "high": 64, "crazy": 32}  # as scheduler_backend.programs.EFFORTS
 # Fields OpenAI clients send that a reasoning program cannot honour: refused by name when they ask
 # for something (a default value passes).
 _UNSUPPORTED: dict[str, tuple[Any, ...]] = {"tools": (None, []), "tool_choice": (None, "none", "auto"), "logprobs": (None, False), "top_logprobs": (None, 0),
@@ -67,15 +70,14 @@ def model_list(created: int) -> dict[str, Any]:
                                        for name in (*PROGRAMS, PLAIN)]}
 
 
-def _number(body: Mapping[str, Any], name: str, lo: float, hi: float, integer: bool = False) -> float | int | None:
-    value = body.get(name)
-    if value is None:
+def _number(body: Mapping[str, Any], name: str, lo: float, hi: float, integer: bool = False) -> float | None:
+    """A numeric field in [lo, hi], or None when absent: the registry's own check, as an OpenAI error."""
+    if body.get(name) is None:
         return None
-    kinds = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) or not lo <= value <= hi:
-        what = "an integer" if integer else "a number"
-        raise ApiError(400, f"{name}: must be {what} in [{lo:g}, {hi:g}], got {value!r}", name)
-    return value
+    try:
+        return Number(None, lo, hi, integer=integer).check(name, body[name], Limits())
+    except RequestError as e:
+        raise ApiError(400, str(e), name) from None
 
 
 def _text(content: Any, param: str) -> str:
@@ -131,7 +133,8 @@ def _options(body: Mapping[str, Any], program: str) -> dict[str, Any]:
     max_tokens = _max_tokens(body)
     if max_tokens is not None:
         if program == "cot-probe":  # the whole thought's length, in chunks
-            chunk = given.get("chunk_tokens") or COT_CHUNK_TOKENS.get(given.get("effort", options.get("effort", "mid")), 64)
+            preset = EFFORTS.get(given.get("effort", options.get("effort", "mid")), EFFORTS["mid"])
+            chunk = given.get("chunk_tokens") or preset[1]
             options["budget"] = max(1, math.ceil(max_tokens / chunk)) if isinstance(chunk, int) and chunk > 0 else 1
         else:
             options["max_tokens"] = max_tokens
