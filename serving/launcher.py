@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -34,10 +35,38 @@ MODELS_DIR = REPO_ROOT / "models"
 VLLM_MODELS = ("policy",)
 
 
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_handed_out: set[int] = set()
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the kernel's ephemeral range, never handed out before by this process.
+
+    A port the kernel picked (bind to 0) is ephemeral: between choosing it and the server binding
+    it (Triton binds gRPC only after its models load, tens of seconds later), any outgoing
+    connection on the machine may be given it, and the server then fails with "Address already in
+    use". Ports below the ephemeral range are only ever taken by an explicit bind."""
+    high = _ephemeral_start()
+    low = max(1024, high - 12000)
+    for _ in range(1000):
+        port = random.randrange(low, high)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {low}-{high - 1}")
 
 
 def _pytriton_dir() -> Path:

@@ -58,3 +58,17 @@ def test_engine_overrides_reach_the_copied_model_json_and_the_printed_settings(t
     assert copied["model"].endswith("smollm2-135m")
     assert "dtype=" not in srv.engine_settings and "enforce_eager" not in srv.engine_settings
     assert (MODEL_REPOSITORY / "policy" / "1" / "model.json").read_text() == before
+
+
+def test_chosen_ports_lie_below_the_ephemeral_range_are_free_and_never_repeat():
+    """A port in the kernel's ephemeral range can be given to any outgoing connection while
+    Triton loads its models; CI once failed "Address already in use" on such a port."""
+    import socket
+
+    from serving.launcher import _ephemeral_start, free_port
+
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
+    assert all(1024 <= p < _ephemeral_start() for p in ports)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", ports[-1]))
