@@ -2,10 +2,14 @@
 PY := .venv/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup warm demo test unit lint serve bench-slo bench-live bench-policy bench-accuracy bench-dynasor bench-scheduling bench-scheduler bench-batch bench-slo-floor bench-openai bench-cot openai loadtest clean
+.PHONY: setup warm demo test unit lint serve bench-slo bench-live bench-policy bench-accuracy bench-dynasor bench-scheduling bench-scheduler bench-batch bench-slo-floor bench-openai bench-cot openai loadtest lock clean
 
 setup:
 	@bash scripts/setup.sh
+
+# Recompile requirements/cpu.txt and gpu.txt from their .in lists (UPGRADE=1 moves every pin on).
+lock: setup
+	@bash scripts/lock.sh
 
 # torch.compile's cache for the policy model, so the first server start does not compile (skipped
 # once warm; the tests run eager and do not need it).

