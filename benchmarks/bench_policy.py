@@ -22,7 +22,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from engines.engine_settings import cpu_model, settings_for_this_machine
+from engines.engine_settings import cpu_model, preload_libraries, settings_for_this_machine
 from engines.grpc_stream import StreamCall
 from serving.launcher import start_server
 from serving.model_config import policy_engine_args
@@ -73,10 +73,12 @@ class DirectConfig:
 
 
 def direct_configs(model: str) -> list[DirectConfig]:
-    """The settings `policy` picks on this machine, and each choice undone one at a time."""
+    """The settings `policy` picks on this machine, each choice undone one at a time, and the
+    libraries vLLM-CPU advises preloading (tcmalloc, Intel OpenMP) toggled one at a time and
+    together where this machine has them."""
     chosen = settings_for_this_machine(policy_engine_args(model))
     other_dtype = "float32" if chosen.engine_args.get("dtype") == "bfloat16" else "bfloat16"
-    return [
+    configs = [
         DirectConfig("chosen", chosen.engine_args, chosen.env),
         DirectConfig(other_dtype, {**chosen.engine_args, "dtype": other_dtype}, chosen.env),
         DirectConfig("one core (vLLM reserves one)", chosen.engine_args,
@@ -84,6 +86,18 @@ def direct_configs(model: str) -> list[DirectConfig]:
         DirectConfig("eager" if not chosen.engine_args.get("enforce_eager") else "torch.compile",
                      {**chosen.engine_args, "enforce_eager": not chosen.engine_args.get("enforce_eager")}, chosen.env),
     ]
+    available = preload_libraries()
+    preloaded = set(chosen.env.get("LD_PRELOAD", "").split())
+    for name, path in available.items():
+        on = preloaded - {path} if path in preloaded else preloaded | {path}
+        configs.append(DirectConfig(f"{'without' if path in preloaded else 'with'} {name}", chosen.engine_args,
+                                    {**chosen.env, "LD_PRELOAD": " ".join(sorted(on))}))
+    if len(available) > 1 and not preloaded:
+        configs.append(DirectConfig(f"with {' + '.join(available)}", chosen.engine_args,
+                                    {**chosen.env, "LD_PRELOAD": " ".join(available.values())}))
+    if preloaded:
+        configs.append(DirectConfig("no preloads", chosen.engine_args, {k: v for k, v in chosen.env.items() if k != "LD_PRELOAD"}))
+    return configs
 
 
 def direct_run(config: DirectConfig, levels: list[int], max_tokens: int) -> tuple[dict[int, float], float]:

@@ -28,6 +28,7 @@ def _serve(args: argparse.Namespace, extra: list[str]) -> int:
         engine_overrides=_engine_args(args.engine_arg),
     )
     stop = threading.Event()
+    ready = False
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     front: OpenAIFront | None = None
@@ -36,6 +37,7 @@ def _serve(args: argparse.Namespace, extra: list[str]) -> int:
         print(f"dynasor: starting tritonserver (log: {srv.log_path})", flush=True)
         srv.wait_ready(timeout_s=args.ready_timeout)
         print(f"dynasor: ready  gRPC {srv.grpc_url}  HTTP {srv.http_url}  metrics {args.address}:{srv.metrics_port}/metrics", flush=True)
+        ready = True
         if args.openai_port:
             front = start_openai_front(srv.grpc_url, args.openai_port, args.address, srv.run_dir)
             front.wait_ready()
@@ -52,10 +54,43 @@ def _serve(args: argparse.Namespace, extra: list[str]) -> int:
         print(f"dynasor: {e}", file=sys.stderr)
         return 1
     finally:
+        if ready and args.drain_grace > 0 and srv.process.poll() is None:
+            _drain(srv.grpc_url, args.drain_grace)
         if front is not None:
             front.stop()
         print("dynasor: stopping tritonserver", flush=True)
         srv.stop()
+
+
+def _drain(url: str, grace_s: float) -> None:
+    """Before stopping: no new programs, those in flight finish (or stop with their best answers
+    when the grace period ends)."""
+    from client.dynasor_client import DynasorClient, ProgramError
+
+    print(f"dynasor: draining (grace {grace_s:g} s)", flush=True)
+    try:
+        last = DynasorClient(url, timeout_s=grace_s + 30).drain(grace_s)
+        print(f"dynasor: drained ({last.details.get('programs_in_flight', 0)} programs left)", flush=True)
+    except ProgramError as e:
+        print(f"dynasor: drain failed ({e}); stopping anyway", file=sys.stderr, flush=True)
+
+
+def _drain_command(args: argparse.Namespace) -> int:
+    """`dynasor drain`: what a Kubernetes preStop hook runs; returns once the server is drained."""
+    from client.dynasor_client import DynasorClient, ProgramError
+
+    def show(p: Any) -> None:
+        if not p.final:
+            print(f"dynasor drain: {p.details.get('programs_in_flight')} programs in flight, "
+                  f"{p.details.get('grace_left_s')} s of grace left", flush=True)
+
+    try:
+        DynasorClient(args.url, args.protocol, timeout_s=args.grace + 30).drain(args.grace, None if args.quiet else show)
+    except ProgramError as e:
+        print(f"dynasor drain: {e}", file=sys.stderr)
+        return 1
+    print("dynasor drain: drained, no program in flight", flush=True)
+    return 0
 
 
 def _engine_args(pairs: list[str]) -> dict[str, Any]:
@@ -171,8 +206,16 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--metrics-port", type=int, default=8002)
     serve.add_argument("--ready-timeout", type=float, default=600.0)
     serve.add_argument("--openai-port", type=int, default=0, help="also serve the OpenAI-compatible API on this port (0: not)")
+    serve.add_argument("--drain-grace", type=float, default=30.0,
+                       help="on Ctrl-C/SIGTERM, seconds programs in flight get to finish before they stop with their best answers (0: none)")
     serve.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
                        help="vLLM engine argument for policy, over model.json (repeatable): dtype=float32, max_num_seqs=32")
+
+    drain = sub.add_parser("drain", help="drain a server: no new programs, those in flight finish (a preStop hook)")
+    drain.add_argument("--url", default=DEFAULT_GRPC, help="host:port of the server (gRPC, or HTTP with --protocol http)")
+    drain.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    drain.add_argument("--grace", type=float, default=30.0, help="seconds before programs still running stop with their best answers")
+    drain.add_argument("--quiet", "-q", action="store_true")
 
     ask = sub.add_parser("ask", help="run one reasoning program and show its progress")
     ask.add_argument("question")
@@ -216,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args, extra)
     if extra:
         ap.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "drain":
+        return _drain_command(args)
     return _ask(args) if args.command == "ask" else _solve(args)
 
 

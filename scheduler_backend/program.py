@@ -25,6 +25,7 @@ class StopReason(str, Enum):
     DEADLINE = "deadline"  # its deadline came: the best answer so far is returned
     REFUSED = "refused"  # its deadline cannot meet its quality floor: no answer, the time it would need instead
     CANCELLED = "cancelled"  # the client went away or cancelled
+    DRAINED = "drained"  # its server was draining and the grace period ended: the best answer so far is returned
     ERROR = "error"  # the engine failed the program
 
 

@@ -143,6 +143,7 @@ class _Live:
     program: ReasoningProgram
     admitted: asyncio.Event = field(default_factory=asyncio.Event)
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    drained: asyncio.Event = field(default_factory=asyncio.Event)  # the drain's grace ended: stop with what it has
     tokens_in_flight: int = 0  # streamed for steps not finished yet: progress before the first result
     idle_steps: int = 0  # consecutive step results that added nothing
     start: float = 0.0
@@ -204,6 +205,13 @@ class ProgramRunner:
         """Stop every live program (server shutting down)."""
         for live in self._live.values():
             live.cancelled.set()
+
+    def end_drain(self) -> int:
+        """A drain's grace period is over: every live program stops now with its best answer so
+        far (DRAINED), never a silent cut. Returns how many were stopped."""
+        for live in self._live.values():
+            live.drained.set()
+        return len(self._live)
 
     def tokens_per_unit(self, program_name: str) -> float:
         """Tokens one knob unit of this kind of program has cost so far (the prior until one ran)."""
@@ -381,7 +389,7 @@ class ProgramRunner:
         return state
 
     async def _wait_admitted(self, live: _Live, deadline: float | None) -> bool:
-        waiters = [asyncio.ensure_future(live.admitted.wait()), asyncio.ensure_future(live.cancelled.wait())]
+        waiters = [asyncio.ensure_future(e.wait()) for e in (live.admitted, live.cancelled, live.drained)]
         try:
             await asyncio.wait(waiters, timeout=self._time_left(deadline), return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -389,6 +397,8 @@ class ProgramRunner:
                 w.cancel()
         if live.cancelled.is_set():
             live.program.stop(StopReason.CANCELLED)
+        elif live.drained.is_set():
+            live.program.stop(StopReason.DRAINED)
         elif not live.admitted.is_set():
             live.program.stop(StopReason.DEADLINE)
         return live.admitted.is_set() and not live.program.done
@@ -401,6 +411,7 @@ class ProgramRunner:
         """The program's loop; returns an error message, or "" when it stopped normally."""
         program = live.program
         cancel_wait = asyncio.ensure_future(live.cancelled.wait())
+        drain_wait = asyncio.ensure_future(live.drained.wait())
         try:
             while not program.done:
                 self._fit_to_deadline(live, deadline)
@@ -413,10 +424,13 @@ class ProgramRunner:
                 timeout = self._time_left(self._wake_at(live, deadline))
                 tick = self.progress_interval_s if on_progress is not None else None
                 ticking = tick is not None and (timeout is None or tick < timeout)
-                done, _ = await asyncio.wait([*tasks, cancel_wait], timeout=tick if ticking else timeout,
+                done, _ = await asyncio.wait([*tasks, cancel_wait, drain_wait], timeout=tick if ticking else timeout,
                                              return_when=asyncio.FIRST_COMPLETED)
                 if cancel_wait in done:
                     program.stop(StopReason.CANCELLED)
+                    return ""
+                if drain_wait in done:
+                    program.stop(StopReason.DRAINED)
                     return ""
                 if not done and not ticking:
                     if not live.probe_considered and deadline is not None and self.probe_s > 0:
@@ -453,6 +467,7 @@ class ProgramRunner:
             return ""
         finally:
             cancel_wait.cancel()
+            drain_wait.cancel()
 
     def _wake_at(self, live: _Live, deadline: float | None) -> float | None:
         """When waiting on steps ends at the latest: the deadline, or the probe time before it

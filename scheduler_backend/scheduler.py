@@ -125,6 +125,16 @@ class Scheduler:
     def running(self) -> int:
         return len(self._priorities)
 
+    @property
+    def queued(self) -> int:
+        """Programs waiting for a slot."""
+        return self._waiting
+
+    def total_work(self) -> float:
+        """Predicted remaining work of every live program, running or waiting: the replica's load
+        as a balancer or an autoscaler would weigh it."""
+        return sum(p.work for p in self._programs.values())
+
     def add(self, pid: str, now: float, predicted_work: float, deadline: float | None = None) -> None:
         """A new program arrives; it waits until `schedule` admits it."""
         if pid in self._programs:

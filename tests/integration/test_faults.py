@@ -39,6 +39,7 @@ CASES = [
     ("dynasor", {"text_input": Q}, {"client_id": "../../etc"}, "client_id: expected", "grpc http"),
     ("dynasor", {"text_input": ""}, {"cancel_program": "x; rm -rf"}, "cancel_program: expected a program_id", "grpc http"),
     ("dynasor", {"text_input": ""}, {"cancel_program": "0" * 32}, "cancel_program: no program", "grpc http"),
+    ("dynasor", {"text_input": ""}, {"drain": -5}, "drain: expected the grace period in seconds", "grpc http"),
     ("dynasor", {"text_input": Q, "options": json.dumps({"top_k": 10**12})}, {}, "options.top_k", "grpc http"),
     ("policy", {"text_input": Q, "sampling_parameters": '{"n": 1, "n": 8}'}, {}, "sampling_parameters: duplicate key 'n'", "grpc http"),
     ("policy", {"text_input": Q, "sampling_parameters": json.dumps({"top_k": 10**12})}, {}, "sampling_parameters.top_k: at most the vocabulary size", "grpc http"),

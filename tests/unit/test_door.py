@@ -182,3 +182,13 @@ def test_the_quality_floor_comes_from_the_operator_and_a_request_may_set_its_own
                              ({"floor": 20, "budget": 8}, r"options.floor: 20 knob units is above the program's budget \(8\)")):
         with pytest.raises(RequestError, match=message):
             request(options)
+
+
+def test_drain_is_recognised_and_its_grace_checked():
+    from program_request import DrainRequest
+
+    assert program(parameters={"drain": 30}) == DrainRequest(30.0)
+    assert program(parameters={"drain": 0.5}) == DrainRequest(0.5)
+    for bad in (-1, float("nan"), float("inf"), True, "30", 1e9):
+        with pytest.raises(RequestError, match=r"drain: expected the grace period in seconds"):
+            program(parameters={"drain": bad})

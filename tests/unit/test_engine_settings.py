@@ -50,3 +50,30 @@ def test_cpu_flags_and_model_come_from_cpuinfo(tmp_path):
     assert cpu_flags(str(info)) == {"fpu", "avx2", "avx512_bf16"}
     assert cpu_model(str(info)).startswith("Test CPU 9000") and "avx512_bf16" in cpu_model(str(info))
     assert cpu_flags(str(tmp_path / "missing")) == frozenset()
+
+
+def test_cpu_engines_preload_what_the_machine_has_unless_the_environment_says_otherwise():
+    libs = {"tcmalloc": "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "Intel OpenMP": "/venv/lib/libiomp5.so"}
+    s = choose_engine_settings({}, gpu=False, flags=ZEN4, cores=2, environ={}, preloads=libs)
+    assert s.env["LD_PRELOAD"].split() == list(libs.values()) and "tcmalloc + Intel OpenMP" in s.describe()
+    one = choose_engine_settings({}, gpu=False, flags=ZEN4, cores=2, environ={}, preloads={"tcmalloc": libs["tcmalloc"]})
+    assert one.env["LD_PRELOAD"] == libs["tcmalloc"]
+    assert "LD_PRELOAD" not in choose_engine_settings({}, gpu=False, flags=ZEN4, cores=2, environ={}, preloads={}).env
+    assert "LD_PRELOAD" not in choose_engine_settings({}, gpu=False, flags=ZEN4, cores=2, environ={"LD_PRELOAD": ""}, preloads=libs).env
+    assert choose_engine_settings({}, gpu=True, flags=ZEN4, cores=2, environ={}, preloads=libs).env == {}
+
+
+def test_the_preloads_found_on_this_machine_preload_into_python():
+    """The dynamic loader only warns (and goes on without) when a preload cannot be loaded."""
+    import os
+    import subprocess
+    import sys
+
+    from engines.engine_settings import preload_libraries
+
+    for name, path in preload_libraries().items():
+        assert name in ("tcmalloc", "Intel OpenMP")
+        out = subprocess.run([sys.executable, "-c", "import json; print(json.dumps([1]))"], capture_output=True, text=True,
+                             env={**os.environ, "LD_PRELOAD": path}, timeout=60)
+        assert out.returncode == 0 and out.stdout.strip() == "[1]"
+        assert "cannot be preloaded" not in out.stderr, out.stderr

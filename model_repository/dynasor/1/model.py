@@ -18,7 +18,7 @@ locale.setlocale(locale.LC_ALL, "C.UTF-8")  # the stub's interpreter prefers ASC
 
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
-from program_request import CancelRequest, default_allocation, parse_program_request  # noqa: E402
+from program_request import CancelRequest, DrainRequest, default_allocation, parse_program_request  # noqa: E402
 
 from engines.triton_bls import STUB_LOCK, BlsEngine  # noqa: E402
 from scheduler_backend.capacity import ConcurrencyController  # noqa: E402
@@ -101,11 +101,32 @@ class TritonPythonModel:
         self.in_flight = self.metrics.metric("dynasor_programs_in_flight")
         self.max_running = self.metrics.metric("dynasor_max_running_programs")
         self.max_running.set(scheduler.max_running)
+        self.draining = self.metrics.metric("dynasor_draining")
+        self.draining.set(0)
+        self._drain_end: float | None = None  # loop time at which a drain's grace ends
+        self._drain_timer: asyncio.TimerHandle | None = None
         self.logger = pb_utils.Logger
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="dynasor-loop", daemon=True)
         self._thread.start()
         self._tasks: set = set()
+        asyncio.run_coroutine_threadsafe(self._export_load(), self._loop)
+
+    async def _export_load(self) -> None:
+        """A replica's load for a balancer and an autoscaler, once a second: programs running and
+        queued, their predicted remaining tokens, and the engine's tokens/s."""
+        gauges = {name: self.metrics.metric(name) for name in
+                  ("dynasor_programs_running", "dynasor_programs_queued", "dynasor_predicted_remaining_tokens",
+                   "dynasor_engine_tokens_per_second")}
+        while True:
+            scheduler = self.runner.scheduler
+            values = {"dynasor_programs_running": scheduler.running, "dynasor_programs_queued": scheduler.queued,
+                      "dynasor_predicted_remaining_tokens": scheduler.total_work(),
+                      "dynasor_engine_tokens_per_second": self.runner.throughput.rate or 0.0}
+            with STUB_LOCK:
+                for name, value in values.items():
+                    gauges[name].set(float(value))
+            await asyncio.sleep(1.0)
 
     def execute(self, requests):
         received_at = time.time()
@@ -134,7 +155,15 @@ class TritonPythonModel:
             if isinstance(req, CancelRequest):
                 self._cancel_program(req.program_id, sender)
                 return
-            refusal, cause = self._over_limit(req.client_id), "over_limit"
+            if isinstance(req, DrainRequest):
+                self._start_drain(req.grace_s)
+        if isinstance(req, DrainRequest):
+            await self._report_drain(sender)
+            return
+        with STUB_LOCK:
+            refusal, cause = self._draining_refusal(), "draining"
+            if not refusal:
+                refusal, cause = self._over_limit(req.client_id), "over_limit"
             if not refusal and (infeasible := self.runner.refusal(req.program, req.deadline_s)):
                 refusal, cause = f"{infeasible} (config.pbtxt admission = feasible)", "deadline_at_arrival"
             if not refusal and (below := self.runner.floor_refusal(req.program, req.deadline_s, req.floor)):
@@ -184,6 +213,54 @@ class TritonPythonModel:
                 # Wall-clock stamps let a client split its latency: the trip in, the server, the trip out.
                 final = _response(state, program_id, received_at=round(received_at, 4), sent_at=round(time.time(), 4))
                 sender.send(final, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def _draining_refusal(self) -> str:
+        if self._drain_end is None:
+            return ""
+        return (f"server draining: this replica admits no new programs ({len(self._programs)} in flight finishing); "
+                "retry on another replica")
+
+    def _start_drain(self, grace_s: float) -> None:
+        """Refuse new programs from now on; when `grace_s` has passed, stop what still runs with its
+        best answer so far. A second drain can only bring the end closer."""
+        end = self._loop.time() + grace_s
+        if self._drain_end is not None and self._drain_end <= end:
+            return
+        first = self._drain_end is None
+        self._drain_end = end
+        self.draining.set(1)
+        if first:
+            self.logger.log_info(f"[dynasor] draining: {len(self._programs)} programs in flight, grace {grace_s:g} s")
+
+        def arm() -> None:
+            if self._drain_timer is not None:
+                self._drain_timer.cancel()
+            self._drain_timer = self._loop.call_at(end, self._end_drain)
+
+        self._loop.call_soon_threadsafe(arm)
+
+    def _end_drain(self) -> None:
+        stopped = self.runner.end_drain()
+        with STUB_LOCK:
+            self.logger.log_info(f"[dynasor] drain grace over: {stopped} programs stopped with their best answers so far")
+
+    async def _report_drain(self, sender) -> None:
+        """Stream the drain's progress to whoever asked for it (a preStop hook waits on it) until no
+        program is left in flight; then the final response."""
+        while True:
+            with STUB_LOCK:
+                left = len(self._programs)
+                cancelled = sender.is_cancelled()
+                details = {"draining": True, "programs_in_flight": left,
+                           "grace_left_s": round(max(self._drain_end - self._loop.time(), 0.0), 1)}
+                if cancelled:
+                    return
+                if not left:
+                    state = ProgramState(None, 0.0, 0, 0, 0, True, StopReason.DRAINED, {**details, "drained": True})
+                    sender.send(_response(state, ""), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                    return
+                sender.send(_response(ProgramState(None, 0.0, 0, 0, 0, False, None, details), ""))
+            await asyncio.sleep(0.5)
 
     def _over_limit(self, client_id: str | None) -> str:
         """Why a new program is refused under the operator's limits, or "" (under STUB_LOCK)."""
@@ -278,6 +355,12 @@ def _response(state: ProgramState, program_id: str, **stamps: float):
 _METRICS = (
     ("dynasor_programs_in_flight", "Reasoning programs running or queued", "gauge"),
     ("dynasor_max_running_programs", "Programs allowed to issue engine requests at once (auto: from measured capacity)", "gauge"),
+    ("dynasor_programs_running", "Programs admitted by the scheduler and issuing engine requests", "gauge"),
+    ("dynasor_programs_queued", "Programs waiting for the scheduler to admit them", "gauge"),
+    ("dynasor_predicted_remaining_tokens", "Tokens the live programs are predicted to need still (remaining knob units times "
+                                           "tokens per unit): the replica's load for a balancer or an autoscaler", "gauge"),
+    ("dynasor_engine_tokens_per_second", "Tokens per second the engine generated for programs, measured over the last windows", "gauge"),
+    ("dynasor_draining", "1 while this replica drains (admits no new programs), else 0", "gauge"),
     ("dynasor_programs_total", "Programs ended, by program and stop reason", "counter"),
     ("dynasor_program_certaindex_at_stop", "Certaindex of programs when they stopped", "histogram"),
     ("dynasor_program_tokens_used_total", "Tokens generated for programs", "counter"),
@@ -288,7 +371,7 @@ _METRICS = (
     ("dynasor_answers_total", "Answers served, by program and quality (floor_met: rests on the quality floor's units; "
                               "below_floor: a degraded answer; probed: rests on answers probed from unfinished samples)", "counter"),
     ("dynasor_refusals_total", "Programs refused, by program and cause (over_limit, deadline_at_arrival, floor_at_arrival, "
-                               "floor_mid_run, floor_at_deadline)", "counter"),
+                               "floor_mid_run, floor_at_deadline, draining)", "counter"),
 )
 
 

@@ -111,6 +111,14 @@ class CancelRequest:
     program_id: str
 
 
+@dataclass(frozen=True)
+class DrainRequest:
+    """`drain`: stop admitting programs, let those in flight finish within `grace_s` seconds, then
+    stop the rest with their best answers so far. Sent by a preStop hook or `dynasor drain`."""
+
+    grace_s: float
+
+
 _PROGRAM_ID = re.compile(r"^[0-9a-f]{32}$")
 # Options that choose an allocation themselves; a request with any of them skips the default.
 _ALLOCATION_KEYS = {"allocation", "settle_threshold", "detect_step", "hopeless_threshold", "hopeless_step"}
@@ -138,8 +146,13 @@ def parse_program_request(
     calibration_dir: Path | None = None,
     default: DefaultAllocation | None = None,
     default_floor: QualityFloor = NO_FLOOR,
-) -> ProgramRequest | CancelRequest:
+) -> ProgramRequest | CancelRequest | DrainRequest:
     """Validated request, or RequestError naming the first bad field."""
+    if "drain" in parameters:
+        grace = parameters["drain"]
+        if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not math.isfinite(grace) or not 0 <= grace <= max_deadline_s:
+            raise RequestError(f"drain: expected the grace period in seconds, 0 to {max_deadline_s:g} (max_deadline_s), got {grace!r}")
+        return DrainRequest(float(grace))
     if "cancel_program" in parameters:
         target = parameters["cancel_program"]
         if not isinstance(target, str) or not _PROGRAM_ID.match(target):
