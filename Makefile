@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup warm demo test unit lint serve bench-slo bench-live bench-policy bench-accuracy bench-dynasor bench-scheduling bench-scheduler bench-batch bench-slo-floor bench-openai bench-cot openai loadtest lock clean
+.PHONY: setup warm demo test unit lint serve bench-slo bench-live bench-policy bench-accuracy bench-dynasor bench-scheduling bench-scheduler bench-batch bench-slo-floor bench-openai bench-cot bench-fleet fleet openai loadtest lock clean
 
 setup:
 	@bash scripts/setup.sh
@@ -77,6 +77,15 @@ bench-openai: warm
 # Dynasor-CoT over chat: tokens saved at equal accuracy on GSM8K chains of thought (replayed presets).
 bench-cot: warm
 	$(PY) -m benchmarks.bench_cot
+
+# Two SmolLM2 replicas behind HAProxy under Locust: one drained mid-load, then one SIGKILLed (about 8 minutes).
+bench-fleet: setup
+	$(PY) -m benchmarks.bench_fleet
+
+# N replicas behind HAProxy on this machine (docs/fleet.md).
+REPLICAS ?= 2
+fleet: warm
+	.venv/bin/dynasor fleet --replicas $(REPLICAS)
 
 bench-scheduler: setup
 	$(PY) -m benchmarks.bench_scheduler

@@ -35,12 +35,21 @@ def prompts(count: int) -> list[str]:
 
 
 def triton_run(model: str, levels: list[int], max_tokens: int,
-               overrides: dict[str, Any] | None = None) -> tuple[dict[int, float], float]:
-    """`policy` with the project's defaults (or `overrides` over them); tokens/s per level and
-    seconds from launch to ready."""
+               overrides: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> tuple[dict[int, float], float]:
+    """`policy` with the project's defaults (or `overrides` over them, `env` set for the server);
+    tokens/s per level and seconds from launch to ready."""
     t0 = time.perf_counter()
-    srv = start_server(policy_model=model, extra_args=["--model-control-mode=explicit", "--load-model=policy"],
-                       engine_overrides=overrides)
+    saved = {k: os.environ.get(k) for k in env or {}}
+    os.environ.update(env or {})
+    try:
+        srv = start_server(policy_model=model, extra_args=["--model-control-mode=explicit", "--load-model=policy"],
+                           engine_overrides=overrides)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     try:
         print(f"policy engine settings: {srv.engine_settings}", flush=True)
         srv.wait_ready(600)
@@ -135,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", nargs="+", default=["qwen2.5-coder-0.5b"])
     ap.add_argument("--levels", nargs="+", type=int, default=[16, 64])
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--direct", default="", help="comma-separated direct configurations to run (default: all), e.g. 'chosen,no preloads'")
     ap.add_argument("--direct-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.direct_child:
@@ -147,10 +157,17 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(("policy through Triton (project defaults)", tri, tri_start))
         tri, tri_start = triton_run(model, args.levels, args.max_tokens, {"enforce_eager": True})
         rows.append(("policy through Triton, eager", tri, tri_start))
-        for config in tqdm(direct_configs(model), desc=f"{model}: direct vLLM configurations", unit="config"):
+        if preload_libraries():
+            # An LD_PRELOAD in the environment, even empty, is kept as given: no preloads.
+            tri, tri_start = triton_run(model, args.levels, args.max_tokens, env={"LD_PRELOAD": ""})
+            rows.append(("policy through Triton, no preloads", tri, tri_start))
+        wanted = {name.strip() for name in args.direct.split(",") if name.strip()}
+        configs = [c for c in direct_configs(model) if not wanted or c.name in wanted]
+        for config in tqdm(configs, desc=f"{model}: direct vLLM configurations", unit="config"):
             tok_s, start_s = direct_run(config, args.levels, args.max_tokens)
             rows.append((f"vLLM direct, {config.name}", tok_s, start_s))
-        fastest = {c: max(r[1][c] for r in rows[2:]) for c in args.levels}
+        direct_rows = [r for r in rows if r[0].startswith("vLLM direct")]
+        fastest = {c: max(r[1][c] for r in direct_rows) for c in args.levels}
         print(f"\n{model}, {args.max_tokens} tokens per request; ratio = tokens/s over the fastest direct vLLM "
               f"configuration at the same concurrency; {cpu_model()}")
         print(f"{'configuration':<44}{'start s':>8}" + "".join(f"{f'tok/s @{c}':>12}{'ratio':>7}" for c in args.levels))

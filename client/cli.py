@@ -62,6 +62,34 @@ def _serve(args: argparse.Namespace, extra: list[str]) -> int:
         srv.stop()
 
 
+def _fleet(args: argparse.Namespace) -> int:
+    """`dynasor fleet`: N replicas behind HAProxy on this machine, until Ctrl-C/SIGTERM."""
+    from serving.fleet import start_fleet
+
+    fleet = start_fleet(args.replicas, args.model, args.grpc_port, args.http_port, args.stats_port,
+                        engine_overrides=_engine_args(args.engine_arg))
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        print(f"dynasor fleet: {args.replicas} replicas starting (logs under {fleet.run_dir})", flush=True)
+        fleet.wait_ready()
+        for i, r in enumerate(fleet.replicas, 1):
+            print(f"dynasor fleet: replica r{i}  gRPC {r.grpc_url}  HTTP {r.http_url}  metrics 127.0.0.1:{r.metrics_port}", flush=True)
+        print(f"dynasor fleet: ready behind HAProxy  gRPC {fleet.grpc_url}  HTTP {fleet.http_url}  "
+              f"stats http://127.0.0.1:{fleet.stats_port}/stats", flush=True)
+        stop.wait()
+        return 0
+    except (RuntimeError, TimeoutError) as e:
+        print(f"dynasor fleet: {e}", file=sys.stderr)
+        return 1
+    finally:
+        for r in fleet.replicas:
+            if r.process.poll() is None:
+                _drain(r.grpc_url, args.drain_grace)
+        fleet.stop()
+
+
 def _drain(url: str, grace_s: float) -> None:
     """Before stopping: no new programs, those in flight finish (or stop with their best answers
     when the grace period ends)."""
@@ -211,6 +239,15 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
                        help="vLLM engine argument for policy, over model.json (repeatable): dtype=float32, max_num_seqs=32")
 
+    fleet = sub.add_parser("fleet", help="N replicas behind HAProxy on this machine (trying a fleet; the fleet tests)")
+    fleet.add_argument("--replicas", type=int, default=2)
+    fleet.add_argument("--model", default=None, help="policy model of every replica (default: model.json)")
+    fleet.add_argument("--grpc-port", type=int, default=8001, help="the proxy's gRPC port")
+    fleet.add_argument("--http-port", type=int, default=8000, help="the proxy's HTTP port")
+    fleet.add_argument("--stats-port", type=int, default=8404, help="HAProxy's statistics (/stats) and Prometheus (/metrics) port")
+    fleet.add_argument("--drain-grace", type=float, default=30.0)
+    fleet.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE")
+
     drain = sub.add_parser("drain", help="drain a server: no new programs, those in flight finish (a preStop hook)")
     drain.add_argument("--url", default=DEFAULT_GRPC, help="host:port of the server (gRPC, or HTTP with --protocol http)")
     drain.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
@@ -261,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "drain":
         return _drain_command(args)
+    if args.command == "fleet":
+        return _fleet(args)
     return _ask(args) if args.command == "ask" else _solve(args)
 
 

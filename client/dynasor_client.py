@@ -7,6 +7,7 @@ program stopped.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from contextlib import aclosing
@@ -15,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from engines.grpc_stream import StreamCall, as_input
+from engines.grpc_stream import StreamCall, StreamError, as_input
+from scheduler_backend.errors import RETRY_ELSEWHERE
 
 MODEL = "dynasor"
 
@@ -65,7 +67,25 @@ class Progress:
 
 
 class ProgramError(RuntimeError):
-    """The server refused or failed the program; the message names the field when it was the input."""
+    """The server refused or failed the program; the message names the field when it was the input.
+    `status`: the gRPC status name (UNAVAILABLE for a busy, draining or unreachable server; HTTP
+    503/502/504 are read as UNAVAILABLE), "" when unknown."""
+
+    def __init__(self, message: str, status: str = ""):
+        super().__init__(message)
+        self.status = status
+
+
+# Worth sending again elsewhere when the program streamed nothing: the server (or the proxy in
+# front of it) did not take the program, or lost it before it ran.
+RESUBMITTABLE = frozenset({"UNAVAILABLE"})
+
+
+def resubmittable(error: ProgramError) -> bool:
+    """The stream failed UNAVAILABLE (proxy or connection), or the server refused the program for
+    a reason another replica may not have (busy, draining): Triton's gRPC stream carries the
+    message of a model's error but not its status."""
+    return error.status in RESUBMITTABLE or RETRY_ELSEWHERE in str(error)
 
 
 def request_inputs(question: str, program: str | None, options: Mapping[str, Any] | None) -> dict[str, str]:
@@ -138,19 +158,38 @@ class DynasorClient(_Connection):
             for response in call:
                 if "answer" in response.outputs:
                     yield Progress.from_outputs(response.outputs)
+        except StreamError as e:
+            raise ProgramError(str(e), e.status) from None
         except RuntimeError as e:
             raise ProgramError(str(e)) from None
         finally:
             call.close()
 
     def solve(self, question: str, program: str | None = None, options: Mapping[str, Any] | None = None,
-              on_progress: Callable[[Progress], None] | None = None) -> Progress:
-        last = None
-        for p in self.stream(question, program, options):
-            if on_progress:
-                on_progress(p)
-            last = p
-        return _final(last)
+              on_progress: Callable[[Progress], None] | None = None, resubmit: int = 0) -> Progress:
+        """Run a program to its final response. `resubmit`: how many times to send it again when it
+        failed UNAVAILABLE before streaming anything (a busy or draining replica refused it, or
+        its replica was lost before it ran; behind a proxy the next try goes to another replica).
+        A program that streamed progress is never resubmitted: it ran, and its error is final.
+        The final `details["resubmissions"]` says how many were needed."""
+        for attempt in range(resubmit + 1):
+            last = None
+            try:
+                for p in self.stream(question, program, options):
+                    if on_progress:
+                        on_progress(p)
+                    last = p
+            except ProgramError as e:
+                if last is not None or not resubmittable(e) or attempt == resubmit:
+                    if attempt:
+                        raise ProgramError(f"{e} (after {attempt} resubmissions)", e.status) from None
+                    raise
+                time.sleep(min(0.2 * 2 ** attempt, 2.0))
+                continue
+            final = _final(last)
+            final.details["resubmissions"] = attempt
+            return final
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _http_stream(url: str, inputs: Mapping[str, Any], timeout_s: float) -> Iterator[Progress]:
@@ -158,7 +197,7 @@ def _http_stream(url: str, inputs: Mapping[str, Any], timeout_s: float) -> Itera
 
     with requests.post(f"http://{url}/v2/models/{MODEL}/generate_stream", json=dict(inputs), stream=True, timeout=timeout_s) as r:
         if r.status_code != 200:
-            raise ProgramError(_http_error(r.text))
+            raise ProgramError(_http_error(r.text), "UNAVAILABLE" if r.status_code in (502, 503, 504) else "")
         for raw in r.iter_lines(decode_unicode=True):
             line = raw.decode() if isinstance(raw, bytes) else raw
             if not line or not line.startswith("data:"):

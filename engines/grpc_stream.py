@@ -44,7 +44,18 @@ class Response:
 
 
 class StreamError(RuntimeError):
-    """The server answered the call with an error; the message is the server's."""
+    """The server answered the call with an error; the message is the server's, `status` its gRPC
+    status name (UNAVAILABLE, INVALID_ARGUMENT, ...; "" when unknown)."""
+
+    def __init__(self, message: str, status: str = ""):
+        super().__init__(message)
+        self.status = status
+
+
+def status_name(error: Any) -> str:
+    """tritonclient's status ("StatusCode.UNAVAILABLE") as the bare name."""
+    status = error.status() if isinstance(error, InferenceServerException) else None
+    return str(status or "").rpartition(".")[2]
 
 
 class StreamCall:
@@ -74,7 +85,7 @@ class StreamCall:
                     raise TimeoutError(f"no response within {self._timeout:.0f} s") from None
                 if error is not None:
                     self._done = True
-                    raise StreamError(error.message() if isinstance(error, InferenceServerException) else str(error))
+                    raise StreamError(error.message() if isinstance(error, InferenceServerException) else str(error), status_name(error))
                 params = result.get_response().parameters
                 final = params["triton_final_response"].bool_param if "triton_final_response" in params else True
                 names = [o.name for o in result.get_response().outputs]

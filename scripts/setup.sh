@@ -50,20 +50,21 @@ fi
 run_logged $VENV/bin/uv pip install --python $VENV/bin/python --no-deps --no-build-isolation -e .
 $VENV/bin/python -m serving.models all
 # From the distribution: bubblewrap and its Python for the `code` program's sandbox
-# (scheduler_backend/sandbox.py), and tcmalloc, which `policy` preloads into its engine on CPU
-# (engines/engine_settings.py). As root with apt, install what is missing; otherwise say so: code
+# (scheduler_backend/sandbox.py), tcmalloc, which `policy` preloads into its engine on CPU
+# (engines/engine_settings.py), and HAProxy for `dynasor fleet` and its tests (deploy/haproxy/). As root with apt, install what is missing; otherwise say so: code
 # programs then run in the weaker rlimits-only fallback, and the engine without tcmalloc.
 missing=()
 command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
 [ -x /usr/bin/python3 ] || missing+=(python3-minimal)
 [ "$TARGET" = gpu ] || ls /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4 >/dev/null 2>&1 || missing+=(libtcmalloc-minimal4)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     (apt-get install -y -q "${missing[@]}" >>"$LOG" 2>&1 \
       || { apt-get update -q >>"$LOG" 2>&1 && apt-get install -y -q "${missing[@]}" >>"$LOG" 2>&1; }) \
       && phase "installed ${missing[*]} from the distribution"
   else
-    echo "setup: not root with apt-get; install ${missing[*]} (code sandbox, engine allocator)" >&2
+    echo "setup: not root with apt-get; install ${missing[*]} (code sandbox, engine allocator, fleet proxy)" >&2
   fi
 fi
 phase "ready"

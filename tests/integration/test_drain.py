@@ -70,6 +70,12 @@ def test_a_drained_replica_refuses_new_programs_finishes_the_rest_and_stops_the_
         with pytest.raises(ProgramError, match="server draining: this replica admits no new programs"):
             client.solve(Q, "self-consistency", SHORT)
         assert time.monotonic() - t_new < 2, "a refusal while draining must come at once"
+        # The client library's resubmission: a program refused UNAVAILABLE before it streamed
+        # anything is sent again (behind a proxy, to another replica); here every try meets the drain.
+        refused = sum(v for k, v in metric_values(srv, "dynasor_refusals_total").items() if 'cause="draining"' in k)
+        with pytest.raises(ProgramError, match=r"server draining.*\(after 2 resubmissions\)"):
+            client.solve(Q, "self-consistency", SHORT, resubmit=2)
+        assert sum(v for k, v in metric_values(srv, "dynasor_refusals_total").items() if 'cause="draining"' in k) == refused + 3
 
         for t in programs:
             t.join(timeout=grace + 60)

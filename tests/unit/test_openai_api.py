@@ -61,7 +61,7 @@ def test_bad_fields_are_refused_by_name(body, status, param) -> None:
     ("[StatusCode.INVALID_ARGUMENT] options.allocation.kind: unknown", 400, "dynasor.allocation.kind"),
     ("text_input: expected a non-empty question", 400, "messages"),
     ("client_id 'u' has 2 programs in flight, at most 2 (config.pbtxt max_programs_per_client); wait", 429, "user"),
-    ("server busy: 256 programs in flight, at most 256 (config.pbtxt max_programs_in_flight); retry later", 503, None),
+    ("server busy: 256 programs in flight, at most 256 (config.pbtxt max_programs_in_flight); retry on another replica or later", 503, None),
     ("floor: an answer resting on 8 knob units needs about 30 s here now; deadline_s is 3 s", 503, None),
     ("program failed: engine died", 503, None),
     ("policy engine is restarting; retry shortly", 503, None),

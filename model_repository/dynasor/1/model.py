@@ -23,7 +23,7 @@ from program_request import CancelRequest, DrainRequest, default_allocation, par
 from engines.triton_bls import STUB_LOCK, BlsEngine  # noqa: E402
 from scheduler_backend.capacity import ConcurrencyController  # noqa: E402
 from scheduler_backend.engine import Engine  # noqa: E402
-from scheduler_backend.errors import RequestError  # noqa: E402
+from scheduler_backend.errors import RETRY_ELSEWHERE, RequestError  # noqa: E402
 from scheduler_backend.program import ProgramState, StopReason  # noqa: E402
 from scheduler_backend.quality import QualityFloor  # noqa: E402
 from scheduler_backend.registry import Limits, load_plugins  # noqa: E402
@@ -218,7 +218,7 @@ class TritonPythonModel:
         if self._drain_end is None:
             return ""
         return (f"server draining: this replica admits no new programs ({len(self._programs)} in flight finishing); "
-                "retry on another replica")
+                f"{RETRY_ELSEWHERE}")
 
     def _start_drain(self, grace_s: float) -> None:
         """Refuse new programs from now on; when `grace_s` has passed, stop what still runs with its
@@ -266,7 +266,7 @@ class TritonPythonModel:
         """Why a new program is refused under the operator's limits, or "" (under STUB_LOCK)."""
         if len(self._programs) >= self.max_programs_in_flight:
             return (f"server busy: {len(self._programs)} programs in flight, at most {self.max_programs_in_flight} "
-                    "(config.pbtxt max_programs_in_flight); retry later")
+                    f"(config.pbtxt max_programs_in_flight); {RETRY_ELSEWHERE} or later")
         held = self._per_client.get(client_id, 0) if client_id is not None else 0
         if held >= self.max_programs_per_client:
             return (f"client_id {client_id!r} has {held} programs in flight, at most {self.max_programs_per_client} "
