@@ -55,6 +55,10 @@ def scenario(kind: str, args: argparse.Namespace, out_dir: Path) -> dict[str, An
         records_path = out_dir / f"{kind}.records.jsonl"
         locust = _locust(fleet, args, records_path)
         time.sleep(args.duration_s / 2)
+        # The event meets programs in flight on its replica (at most 20 s more of waiting for one).
+        wait_until = time.monotonic() + 20
+        while _metric(fleet.replicas[1], "dynasor_programs_in_flight") < 1 and time.monotonic() < wait_until:
+            time.sleep(0.05)
         before = [_taken(r) for r in fleet.replicas]
         event_at = time.time()
         drainer = None
@@ -111,11 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(scenario(kind, args, out.parent))
     out.write_text(json.dumps({"hardware": cpu_model(), "settings": vars(args), "runs": rows}, indent=2) + "\n")
     print(f"\n{args.model}, 2 replicas behind HAProxy, {args.rate:g} programs/s, {cpu_model()}")
-    print(f"{'event':<7}{'programs':>9}{'share r1/r2 before':>20}{'lost':>6}{'errored':>9}{'err. sent after':>16}  seconds from event to each error")
+    print(f"{'event':<7}{'programs':>9}{'share r1/r2 before':>20}{'in flight on r2':>16}{'lost':>6}{'errored':>9}{'err. sent after':>16}"
+          "  seconds from event to each error")
     for r in rows:
         share = "/".join(f"{s:.0%}" for s in r["share_before_event"])
-        print(f"{r['event']:<7}{r['programs']:>9}{share:>20}{r['lost']:>6}{r['errored']:>9}{r['errored_sent_after_event']:>16}  "
-              f"{r['seconds_from_event_to_error']}")
+        print(f"{r['event']:<7}{r['programs']:>9}{share:>20}{r['in_flight_on_event_replica']:>16.0f}{r['lost']:>6}{r['errored']:>9}"
+              f"{r['errored_sent_after_event']:>16}  {r['seconds_from_event_to_error']}")
     print(f"written: {out}")
     return 0
 

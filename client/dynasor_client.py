@@ -159,6 +159,8 @@ class DynasorClient(_Connection):
                 if "answer" in response.outputs:
                     yield Progress.from_outputs(response.outputs)
         except StreamError as e:
+            if e.status:  # the stream itself failed (a model's errors carry no status): say so
+                raise ProgramError(f"the stream to the server failed ({e.status}): {e}", e.status) from None
             raise ProgramError(str(e), e.status) from None
         except RuntimeError as e:
             raise ProgramError(str(e)) from None
