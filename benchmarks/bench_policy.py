@@ -5,16 +5,22 @@ Each concurrency level sends C prompts at once (one sample each, fixed length: i
 path decodes the same number of tokens; ratios measured in one run are what matter on a noisy host.
 `policy` runs with the project's defaults, then eager; the direct engine runs with the settings
 `policy` picks for this machine, then with each choice undone (the other dtype, vLLM's default
-core reservation, eager instead of torch.compile), so the table shows what each choice is worth. One engine lives at a time (the machine has 2 cores).
+core reservation, eager instead of torch.compile, the preloaded libraries), so the table shows what
+each choice is worth. One engine lives at a time (the machine has 2 cores). The load generator for
+Triton is one asyncio gRPC client with every request a stream on it; `--threaded-client` adds the
+earlier one (a thread and a channel per request), whose own cost on 2 cores is counted against
+Triton.
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import subprocess
 import sys
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +29,7 @@ from typing import Any
 from tqdm import tqdm
 
 from engines.engine_settings import cpu_model, preload_libraries, settings_for_this_machine
-from engines.grpc_stream import StreamCall
+from engines.grpc_stream import StreamCall, as_input
 from serving.launcher import start_server
 from serving.model_config import policy_engine_args
 
@@ -34,10 +40,41 @@ def prompts(count: int) -> list[str]:
     return [f"Write a short story number {i} about {TOPICS[i % len(TOPICS)]}." for i in range(count)]
 
 
-def triton_run(model: str, levels: list[int], max_tokens: int,
-               overrides: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> tuple[dict[int, float], float]:
+async def _aio_level(url: str, texts: list[str], sampling: str) -> int:
+    """All prompts at once as streams on one asyncio gRPC client (one channel, one thread): the
+    load generator costs the 2 cores little next to one thread and one channel per request."""
+    import tritonclient.grpc.aio as aio
+
+    client = aio.InferenceServerClient(url)
+
+    async def one(prompt: str) -> int:
+        async def request():  # type: ignore[no-untyped-def]
+            yield {"model_name": "policy", "inputs": [as_input("text_input", prompt), as_input("sampling_parameters", sampling)],
+                   "request_id": uuid.uuid4().hex, "enable_empty_final_response": True}
+
+        tokens = 0
+        async for result, error in client.stream_infer(request()):
+            if error is not None:
+                raise RuntimeError(str(error))
+            response = result.get_response()
+            if any(o.name == "num_output_tokens" for o in response.outputs):
+                tokens += int(result.as_numpy("num_output_tokens").sum())
+            final = response.parameters.get("triton_final_response")
+            if final is not None and final.bool_param:
+                break
+        return tokens
+
+    try:
+        return sum(await asyncio.gather(*(one(p) for p in texts)))
+    finally:
+        await client.close()
+
+
+def triton_run(model: str, levels: list[int], max_tokens: int, overrides: dict[str, Any] | None = None,
+               env: dict[str, str] | None = None, client: str = "asyncio") -> tuple[dict[int, float], float]:
     """`policy` with the project's defaults (or `overrides` over them, `env` set for the server);
-    tokens/s per level and seconds from launch to ready."""
+    tokens/s per level and seconds from launch to ready. `client`: "asyncio" (one client, every
+    request a stream on it) or "threads" (a thread and a gRPC channel per request)."""
     t0 = time.perf_counter()
     saved = {k: os.environ.get(k) for k in env or {}}
     os.environ.update(env or {})
@@ -63,10 +100,13 @@ def triton_run(model: str, levels: list[int], max_tokens: int,
         one("warm up")
         out = {}
         for c in levels:
-            with ThreadPoolExecutor(max_workers=c) as pool:
-                t0 = time.perf_counter()
-                tokens = sum(tqdm(pool.map(one, prompts(c)), total=c, desc=f"triton c={c}", leave=False))
-                out[c] = tokens / (time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            if client == "threads":
+                with ThreadPoolExecutor(max_workers=c) as pool:
+                    tokens = sum(tqdm(pool.map(one, prompts(c)), total=c, desc=f"triton c={c}", leave=False))
+            else:
+                tokens = asyncio.run(_aio_level(srv.grpc_url, prompts(c), sampling))
+            out[c] = tokens / (time.perf_counter() - t0)
         return out, start_s
     finally:
         srv.stop()
@@ -145,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--levels", nargs="+", type=int, default=[16, 64])
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--direct", default="", help="comma-separated direct configurations to run (default: all), e.g. 'chosen,no preloads'")
+    ap.add_argument("--threaded-client", action="store_true",
+                    help="also measure the defaults with a thread and a gRPC channel per request (the load generator of earlier runs)")
     ap.add_argument("--direct-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.direct_child:
@@ -155,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         tri, tri_start = triton_run(model, args.levels, args.max_tokens)
         rows.append(("policy through Triton (project defaults)", tri, tri_start))
+        if args.threaded_client:
+            tri, tri_start = triton_run(model, args.levels, args.max_tokens, client="threads")
+            rows.append(("... a thread + channel per request", tri, tri_start))
         tri, tri_start = triton_run(model, args.levels, args.max_tokens, {"enforce_eager": True})
         rows.append(("policy through Triton, eager", tri, tri_start))
         if preload_libraries():
