@@ -68,13 +68,20 @@ class StreamCall:
         self._timeout = timeout_s
         self._done = False
         self._client.start_stream(callback=lambda result, error: self._queue.put((result, error)), headers=dict(headers or {}))
-        self._client.async_stream_infer(
-            model,
-            [as_input(k, v) for k, v in inputs.items()],
-            request_id=request_id,
-            parameters=dict(parameters or {}),
-            enable_empty_final_response=True,
-        )
+        try:
+            self._client.async_stream_infer(
+                model,
+                [as_input(k, v) for k, v in inputs.items()],
+                request_id=request_id,
+                parameters=dict(parameters or {}),
+                enable_empty_final_response=True,
+            )
+        except InferenceServerException as e:
+            # The stream broke before the request went out (a proxy with no server in service
+            # answers at once): the callback has queued the stream's own error, status and all,
+            # for iteration to raise; if not, this one is raised there.
+            if self._queue.empty():
+                self._queue.put((None, e))
 
     def __iter__(self) -> Iterator[Response]:
         try:
