@@ -39,7 +39,7 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   # uv installs the lock exactly (and removes what it does not name); it comes from the lock too.
   run_logged $VENV/bin/python -m pip install -q --no-deps --require-hashes -r <(sed -n '/^uv==/,/# via/p' "$LOCK")
   links=()
-  [ -d "$FIND_LINKS" ] && links=(--find-links "$FIND_LINKS")
+  { [ -d "$FIND_LINKS" ] || [[ "$FIND_LINKS" == http*://* ]]; } && links=(--find-links "$FIND_LINKS")
   run_logged $VENV/bin/uv pip sync --python $VENV/bin/python --require-hashes "${links[@]}" "$LOCK"
   echo "$WANT" >"$STAMP"
   phase "packages installed from $LOCK, $(grep -c '^[a-z0-9].*==' "$LOCK") pinned"
