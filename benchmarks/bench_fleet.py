@@ -24,12 +24,7 @@ from serving.launcher import TritonServer
 
 
 def _metric(replica: TritonServer, name: str) -> float:
-    import re
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{replica.metrics_port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:\{{[^}}]*\}})?\s+(\S+)$", text, re.M))
+    return sum(replica.metric_values(name).values())
 
 
 def _taken(replica: TritonServer) -> float:

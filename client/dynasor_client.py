@@ -103,6 +103,16 @@ def _final(last: Progress | None) -> Progress:
     return last
 
 
+def _to_final(stream: Iterator[Progress], on_progress: Callable[[Progress], None] | None = None) -> Progress:
+    """Every response to `on_progress`; the final one returned."""
+    last = None
+    for p in stream:
+        if on_progress:
+            on_progress(p)
+        last = p
+    return _final(last)
+
+
 class _Connection:
     """`url` is host:port of gRPC (protocol="grpc") or HTTP (protocol="http")."""
 
@@ -125,32 +135,20 @@ class DynasorClient(_Connection):
     def cancel(self, program_id: str) -> Progress:
         """Stop a program by its id, from any connection: how an HTTP client cancels (closing a
         gRPC stream cancels by itself)."""
-        inputs = {"text_input": ""}
-        if self.protocol == "http":
-            return _final(next(iter(_http_stream(self.url, {**inputs, "cancel_program": program_id}, self.timeout_s)), None))
-        call = StreamCall(self.url, MODEL, inputs, parameters={"cancel_program": program_id}, timeout_s=self.timeout_s)
-        try:
-            return _final(next((Progress.from_outputs(r.outputs) for r in call if "answer" in r.outputs), None))
-        except RuntimeError as e:
-            raise ProgramError(str(e)) from None
-        finally:
-            call.close()
+        return _to_final(self._control({"cancel_program": program_id}))
 
     def drain(self, grace_s: float, on_progress: Callable[[Progress], None] | None = None) -> Progress:
         """Drain the server: it admits no new programs, lets those in flight finish within `grace_s`
         seconds and then stops the rest with their best answers so far. Returns once none is left
         (a preStop hook waits on this); progress `details` carry programs_in_flight and grace_left_s."""
+        return _to_final(self._control({"drain": float(grace_s)}), on_progress)
+
+    def _control(self, parameters: Mapping[str, Any]) -> Iterator[Progress]:
+        """A request to the `dynasor` model that runs no program (cancel, drain): its responses."""
         inputs = {"text_input": ""}
         if self.protocol == "http":
-            stream: Iterator[Progress] = _http_stream(self.url, {**inputs, "drain": grace_s}, self.timeout_s)
-        else:
-            stream = self._grpc_progress(StreamCall(self.url, MODEL, inputs, parameters={"drain": float(grace_s)}, timeout_s=self.timeout_s))
-        last = None
-        for p in stream:
-            if on_progress:
-                on_progress(p)
-            last = p
-        return _final(last)
+            return _http_stream(self.url, {**inputs, **parameters}, self.timeout_s)
+        return self._grpc_progress(StreamCall(self.url, MODEL, inputs, parameters=dict(parameters), timeout_s=self.timeout_s))
 
     @staticmethod
     def _grpc_progress(call: StreamCall) -> Iterator[Progress]:
@@ -174,7 +172,8 @@ class DynasorClient(_Connection):
         its replica was lost before it ran; behind a proxy the next try goes to another replica).
         A program that streamed progress is never resubmitted: it ran, and its error is final.
         The final `details["resubmissions"]` says how many were needed."""
-        for attempt in range(resubmit + 1):
+        attempt = 0
+        while True:
             last = None
             try:
                 for p in self.stream(question, program, options):
@@ -187,11 +186,11 @@ class DynasorClient(_Connection):
                         raise ProgramError(f"{e} (after {attempt} resubmissions)", e.status) from None
                     raise
                 time.sleep(min(0.2 * 2 ** attempt, 2.0))
+                attempt += 1
                 continue
             final = _final(last)
             final.details["resubmissions"] = attempt
             return final
-        raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _http_stream(url: str, inputs: Mapping[str, Any], timeout_s: float) -> Iterator[Progress]:

@@ -152,6 +152,13 @@ class TritonServer:
     def _remember_tree(self) -> None:
         self._known_pids.update(p.pid for p in self.descendants())
 
+    def metric_values(self, name: str) -> dict[str, float]:
+        """Prometheus samples of one metric on the metrics port, keyed by their label text."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        return {m.group(1) or "": float(m.group(2))
+                for m in re.finditer(rf"^{re.escape(name)}(\{{[^}}]*\}})?\s+(\S+)$", text, re.M)}
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
