@@ -26,6 +26,7 @@ def _serve(args: argparse.Namespace, extra: list[str]) -> int:
         address=args.address,
         extra_args=extra,
         engine_overrides=_engine_args(args.engine_arg),
+        reward_settings=json.loads(Path(args.reward).read_text()) if args.reward else None,
     )
     stop = threading.Event()
     ready = False
@@ -228,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
                            epilog="Unknown arguments are passed to tritonserver.")
     serve.add_argument("--model", default=None, help="policy model: NAME under models/, a folder, or a Hugging Face id (default: model.json)")
     serve.add_argument("--model-repository", default=None)
+    serve.add_argument("--reward", default=None, metavar="MODEL_JSON",
+                       help="`reward`'s model.json for this run, e.g. deploy/reward/prm-qwen-step-tag.json (default: the judge)")
     serve.add_argument("--address", default="127.0.0.1", help="address for HTTP, gRPC and metrics (default 127.0.0.1)")
     serve.add_argument("--http-port", type=int, default=8000)
     serve.add_argument("--grpc-port", type=int, default=8001)

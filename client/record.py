@@ -12,7 +12,7 @@ from pathlib import Path
 
 from scheduler_backend.datasets import DATASETS, gold_answer, load, load_records
 from scheduler_backend.traces import record
-from serving.model_config import judge_settings, policy_engine_args
+from serving.model_config import policy_engine_args, reward_settings
 
 
 def _exit_on_term(signum: int, frame: object) -> None:
@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="first N records only")
     ap.add_argument("--concurrency", type=int, default=8, help="programs run at once")
     ap.add_argument("--options", default="{}", help="JSON program options (budget, round_size, max_tokens, ...)")
+    ap.add_argument("--reward", default=None, help="reward settings (a model.json for `reward`, e.g. deploy/reward/*.json; "
+                                                   "default: the served one)")
     args = ap.parse_args(argv)
     name, _, split = args.data.partition(":")
     if not Path(args.data).exists() and name in DATASETS:
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
                    for i, r in enumerate(load_records(args.data, args.limit))]
 
     async def go() -> int:
-        async with VllmEngine(policy_engine_args(args.model), judge_settings()) as engine:
+        async with VllmEngine(policy_engine_args(args.model), reward_settings(args.reward)) as engine:
             return await record(engine, args.program, records, json.loads(args.options), args.output, args.concurrency)
 
     # SIGTERM unwinds like Ctrl-C, so the engine's processes are shut down with the recorder

@@ -1,7 +1,8 @@
 """The Engine over an in-process vLLM AsyncLLM: for trace recording, benchmarks and tests that
-drive programs without Triton. Callers pass the engine arguments and judge settings the `policy`
+drive programs without Triton. Callers pass the engine arguments and reward settings the `policy`
 and `reward` models serve with (serving/model_config.py reads them), so both paths run the same
-engine; scores come from the same generative judge (P(yes) from the first token's logprobs).
+engines; scores come from the same generative judge (P(yes) from the first token's logprobs) or,
+in `prm` / `orm` mode, from the same reward model on a second, pooling engine (engines/vllm_reward.py).
 
 vLLM spawns its engine process: scripts that build one need an `if __name__ == "__main__":` guard.
 """
@@ -12,39 +13,55 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from engines.engine_settings import settings_for_this_machine
+from engines.vllm_reward import PoolingReward, load_tokenizer, pooling_engine_args
 from engines.vllm_text import render_chat, top_logprobs
 from scheduler_backend.engine import ChatMessage, EngineError, GenerateCall, SampleDelta, SamplingSpec
 from scheduler_backend.judge import judge_score
+from scheduler_backend.reward_steps import check_settings
+
+
+def start_engine(engine_args: Mapping[str, Any]) -> Any:
+    """An AsyncLLM with this machine's settings (engines/engine_settings.py), as the served models start theirs."""
+    import os
+
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    settings = settings_for_this_machine(dict(engine_args))
+    os.environ.update(settings.env)
+    return AsyncLLM.from_engine_args(AsyncEngineArgs(**settings.engine_args))
 
 
 class VllmEngine:
-    """`async with VllmEngine(engine_args, judge) as engine:` starts vLLM and shuts it down on exit."""
+    """`async with VllmEngine(engine_args, reward) as engine:` starts vLLM (and, for a `prm` or
+    `orm` reward, its pooling engine) and shuts them down on exit. `reward`: reward's model.json."""
 
-    def __init__(self, engine_args: Mapping[str, Any], judge: Mapping[str, Any]):
+    def __init__(self, engine_args: Mapping[str, Any], reward: Mapping[str, Any]):
         self.engine_args = dict(engine_args)
-        self.judge = dict(judge)
+        self.reward = check_settings(reward)
+        self.judge = dict(self.reward.judge or {})
         self._llm: Any = None
+        self._reward_llm: Any = None
+        self._scorer: PoolingReward | None = None
         self.tokenizer: Any = None
 
     async def __aenter__(self) -> VllmEngine:
-        import os
-
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
-
-        settings = settings_for_this_machine(self.engine_args)
-        os.environ.update(settings.env)
-        self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**settings.engine_args))
+        self._llm = start_engine(self.engine_args)
         self.tokenizer = self._llm.get_tokenizer()
+        if self.reward.mode != "judge":
+            tokenizer = load_tokenizer(self.reward.engine)
+            self._reward_llm = start_engine(pooling_engine_args(self.reward, tokenizer))
+            self._scorer = PoolingReward(self.reward, self._reward_llm, tokenizer)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self.shutdown()
 
     def shutdown(self) -> None:
-        if self._llm is not None:
-            self._llm.shutdown()
-            self._llm = None
+        for llm in (self._llm, self._reward_llm):
+            if llm is not None:
+                llm.shutdown()
+        self._llm = self._reward_llm = self._scorer = None
 
     def _params(self, spec: SamplingSpec) -> Any:
         from vllm import SamplingParams
@@ -80,6 +97,9 @@ class VllmEngine:
         await self._llm.abort(request_id)
 
     async def score(self, question: str, candidates: Sequence[str]) -> list[float]:
+        if self._scorer is not None:
+            return [s.score for s in await self._scorer.score(question, candidates, f"reward-{id(candidates)}")]
+
         async def one(i: int, candidate: str) -> float:
             prompt = self.judge["prompt"].format(question=question, candidate=candidate)
             call = GenerateCall(request_id=f"judge-{id(candidates)}-{i}", sampling=SamplingSpec(max_tokens=1, temperature=0.0, logprobs=20),

@@ -237,13 +237,17 @@ def start_server(
     run_dir: Path | None = None,
     engine_overrides: dict | None = None,
     dynasor_parameters: dict[str, str] | None = None,
+    reward_settings: dict | None = None,
 ) -> TritonServer:
-    """Start tritonserver on a copy of the model repository (so a chosen model or engine override
-    never edits the checked-in model.json); returns before it is ready."""
+    """Start tritonserver on a copy of the model repository (so a chosen model, engine override or
+    `reward` model.json, e.g. deploy/reward/*.json, never edits the checked-in files); returns
+    before it is ready."""
     run_dir = Path(run_dir or tempfile.mkdtemp(prefix="dynasor-run-"))
     repo = run_dir / "model_repository"
     shutil.rmtree(repo, ignore_errors=True)
     shutil.copytree(model_repository, repo, ignore=shutil.ignore_patterns("__pycache__"))
+    if reward_settings is not None:
+        (repo / "reward" / "1" / "model.json").write_text(json.dumps(reward_settings, indent=2))
     engine_settings = ""
     for name in VLLM_MODELS:
         model_json = repo / name / "1" / "model.json"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 from scheduler_backend.allocation import AllocationPolicy, load_calibration
@@ -18,9 +19,13 @@ def policy_engine_args(model: str, **overrides: Any) -> dict[str, Any]:
     return args
 
 
-def judge_settings() -> dict[str, Any]:
-    """`reward`'s generative judge: prompt template and the yes/no tokens it reads."""
-    settings: dict[str, Any] = json.loads((MODEL_REPOSITORY / "reward" / "1" / "model.json").read_text())
+def reward_settings(path: str | None = None) -> dict[str, Any]:
+    """`reward`'s model.json (the served one, or the file at `path`), its `engine.model` resolved:
+    the generative judge's prompt and tokens, or a reward model's engine and step settings."""
+    source = Path(path) if path else MODEL_REPOSITORY / "reward" / "1" / "model.json"
+    settings: dict[str, Any] = json.loads(source.read_text())
+    if isinstance(settings.get("engine"), dict) and isinstance(settings["engine"].get("model"), str):
+        settings["engine"] = {**settings["engine"], "model": resolve_model(settings["engine"]["model"])}
     return settings
 
 

@@ -11,7 +11,7 @@ from scheduler_backend.registry import create
 from scheduler_backend.runner import ProgramRunner
 from scheduler_backend.scheduler import Scheduler
 from scheduler_backend.traces import read_traces, record
-from serving.model_config import judge_settings, policy_engine_args
+from serving.model_config import policy_engine_args, reward_settings
 from tests.conftest import TEST_MODEL
 from tests.engine_contract import check_engine
 
@@ -26,7 +26,7 @@ def test_self_consistency_and_trace_recording_on_the_direct_vllm_engine(monkeypa
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"))  # pitfall 6
 
     async def go():
-        async with VllmEngine(policy_engine_args(TEST_MODEL, enforce_eager=True), judge_settings()) as engine:
+        async with VllmEngine(policy_engine_args(TEST_MODEL, enforce_eager=True), reward_settings()) as engine:
             runner = ProgramRunner(engine, Scheduler())
             program = create("self-consistency", QUESTION, {"budget": 4, "round_size": 2, "max_tokens": 64,
                                                              "answer_format": "number"})
@@ -58,7 +58,7 @@ def test_the_direct_vllm_engine_keeps_the_engine_contract(monkeypatch):
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"))  # pitfall 6
 
     async def go():
-        async with VllmEngine(policy_engine_args(TEST_MODEL, enforce_eager=True), judge_settings()) as engine:
+        async with VllmEngine(policy_engine_args(TEST_MODEL, enforce_eager=True), reward_settings()) as engine:
             await check_engine(engine, "direct")
 
     asyncio.run(go())

@@ -1,16 +1,14 @@
 """Triton Python-backend model serving a vLLM AsyncLLM: decoupled, streamed, cancellable.
 
-Shape follows the official Triton vLLM backend: the engine lives on an asyncio loop in its own
-thread; `execute` only hands requests to that loop. What this adds: validation at the door
-(the error names the field), priorities, abort by request id for BLS callers (Triton 2.51 has no
-BLS cancellation), refusal of per-request seeds where they kill vLLM-CPU, and an engine that is
-rebuilt when its process dies while the server keeps serving.
+The engine lives in serving/engine_host.py (shared with `reward`): an asyncio loop in its own
+thread, rebuilt when its process dies; `execute` only hands requests to that loop. What this adds:
+validation at the door (the error names the field), priorities, abort by request id for BLS callers
+(Triton 2.51 has no BLS cancellation), refusal of per-request seeds where they kill vLLM-CPU.
 """
 import asyncio
 import json
 import locale
 import os
-import threading
 import traceback
 import uuid
 
@@ -21,36 +19,16 @@ import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 from sampling_request import parse_request  # noqa: E402
 
-from engines.engine_settings import settings_for_this_machine  # noqa: E402
 from engines.vllm_text import render_chat, top_logprobs  # noqa: E402
 from scheduler_backend.errors import RequestError  # noqa: E402
 from serving.door_json import dump_json  # noqa: E402
+from serving.engine_host import ENGINE_METRICS, EngineHost, resolve_model_path  # noqa: E402
 from serving.reaper import start_reaper  # noqa: E402
 from serving.triton_model import Metrics, parameters, send_error  # noqa: E402
 
-_METRICS = (
-    ("dynasor_engine_unfinished_requests", "Requests inside the vLLM engine (running or waiting)", "gauge"),
-    ("dynasor_engine_requests_in_flight", "Triton requests this model is serving", "gauge"),
-    ("dynasor_engine_output_tokens_total", "Tokens generated", "counter"),
-    ("dynasor_engine_deaths_total", "Times the vLLM engine process died", "counter"),
-    ("dynasor_engine_ready", "1 while the engine serves, 0 while it is rebuilt (Triton's model readiness cannot show it)", "gauge"),
-    ("dynasor_engine_requests_total", "Requests by outcome", "counter"),
-)
+_METRICS = ENGINE_METRICS + (("dynasor_engine_output_tokens_total", "Tokens generated", "counter"),)
 
 _ENGINE_ARGS_FILE = "model.json"
-
-
-def _resolve_model_path(model: str, model_dir: str) -> str:
-    """A relative `model` in model.json names a folder under $DYNASOR_MODELS_DIR (the launcher sets
-    it), else under <repository>/../models; anything else (absolute path, HF id) passes through."""
-    if os.path.isabs(model):
-        return model
-    roots = [os.environ.get("DYNASOR_MODELS_DIR", ""), os.path.join(model_dir, "..", "..", "models")]
-    for root in roots:
-        candidate = os.path.join(root, model)
-        if root and os.path.isdir(candidate):
-            return os.path.abspath(candidate)
-    return model
 
 
 class TritonPythonModel:
@@ -61,40 +39,24 @@ class TritonPythonModel:
         params = parameters(args)
         self.max_n = int(params.get("max_n", "64"))
         self.max_tokens_limit = int(params.get("max_tokens_limit", "4096"))
-        self.restart_dead_engine = params.get("restart_dead_engine", "true").lower() == "true"
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", params.get("cpu_kvcache_space_gib", "2"))
 
         model_dir = args["model_repository"]
         with open(os.path.join(model_dir, args["model_version"], _ENGINE_ARGS_FILE)) as f:
-            self.engine_config = json.load(f)
-        self.engine_config["model"] = _resolve_model_path(self.engine_config["model"], model_dir)
-        settings = settings_for_this_machine(self.engine_config)
-        self.engine_config = settings.engine_args
-        os.environ.update(settings.env)  # read by the engine process it spawns
-        self.logger.log_info(f"[policy] engine settings for this machine: {settings.describe()}")
-
+            engine_config = json.load(f)
+        engine_config["model"] = resolve_model_path(engine_config["model"], model_dir)
         self._metrics = Metrics(args["model_name"], _METRICS)
-        self._in_flight: dict[str, asyncio.Task] = {}
         self._aborted_by_id: dict[str, bool] = {}
-        self._engine = None
-        self._engine_ready = threading.Event()
-        self._restart = None
-        self._loop = asyncio.new_event_loop()
-        self._loop_thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._loop_thread.start()
-        asyncio.run_coroutine_threadsafe(self._start_engine(), self._loop).result()
-        self._monitor = asyncio.run_coroutine_threadsafe(self._watch_engine(), self._loop)
+        self.host = EngineHost(
+            "policy", engine_config, self._metrics,
+            restart=params.get("restart_dead_engine", "true").lower() == "true",
+            give_up=lambda: pb_utils.unload_model(self.model_config["name"]),
+            on_ready=self._engine_ready,
+        )
 
-    async def _start_engine(self) -> None:
-        from vllm.engine.arg_utils import AsyncEngineArgs
+    def _engine_ready(self, engine) -> None:
         from vllm.platforms import current_platform
-        from vllm.v1.engine.async_llm import AsyncLLM
 
-        self._engine_ready.clear()
-        # Built off the loop: a restart takes a minute or more, and the loop must keep answering
-        # "engine is restarting" at once meanwhile rather than hold every request.
-        engine = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: AsyncLLM.from_engine_args(AsyncEngineArgs(**self.engine_config)))
         sched = engine.vllm_config.scheduler_config
         # Pitfall 12: on vLLM-CPU a seeded request whose prefill is chunked kills the engine.
         self.seed_refusal = None
@@ -106,48 +68,10 @@ class TritonPythonModel:
             )
         self.tokenizer = engine.get_tokenizer()
         self.vocab_size = engine.model_config.get_vocab_size()
-        self._engine = engine
-        self._engine_ready.set()
-        self.logger.log_info(f"[policy] engine ready: {self.engine_config['model']}")
-
-    async def _watch_engine(self) -> None:
-        """Notice a dead engine even when no request is in flight, and rebuild it."""
-        while True:
-            await asyncio.sleep(0.5)
-            engine = self._engine
-            self._metrics.metric("dynasor_engine_ready").set(0 if engine is None else 1)
-            if engine is None:
-                continue
-            self._metrics.metric("dynasor_engine_unfinished_requests").set(engine.get_num_unfinished_requests())
-            self._metrics.metric("dynasor_engine_requests_in_flight").set(len(self._in_flight))
-            if engine.errored:
-                self._engine_died(engine)
-
-    def _engine_died(self, engine) -> None:
-        """The first to notice a dead engine counts it and starts its replacement; later ones no-op,
-        so the in-flight request that saw EngineDeadError and the watcher agree on one death."""
-        if self._engine is not engine:
-            return
-        self.logger.log_error("[policy] vLLM engine died")
-        self._engine = None
-        self._engine_ready.clear()
-        self._metrics.count("dynasor_engine_deaths_total")
-        self._restart = asyncio.ensure_future(self._replace_dead_engine(engine))
-
-    async def _replace_dead_engine(self, engine) -> None:
-        engine.shutdown()
-        if not self.restart_dead_engine:
-            pb_utils.unload_model(self.model_config["name"])
-            return
-        try:
-            await self._start_engine()
-        except Exception:
-            self.logger.log_error(f"[policy] engine restart failed: {traceback.format_exc()}")
-            pb_utils.unload_model(self.model_config["name"])
 
     def execute(self, requests):
         for request in requests:
-            asyncio.run_coroutine_threadsafe(self._serve(request), self._loop)
+            self.host.submit(self._serve(request))
         return None
 
     async def _serve(self, request) -> None:
@@ -175,22 +99,22 @@ class TritonPythonModel:
         if parsed.abort_ids:
             await self._abort_many(parsed.abort_ids, sender)
             return
-        engine = self._engine
+        engine = self.host.engine
         if engine is None:
             send_error(sender, "policy engine is restarting; retry shortly", pb_utils.TritonError.UNAVAILABLE)
             return
         request_id = request.request_id() or uuid.uuid4().hex
-        if request_id in self._in_flight:
+        if request_id in self.host.in_flight:
             send_error(sender, f"request id {request_id!r} is already in flight", pb_utils.TritonError.INVALID_ARG)
             return
         task = asyncio.current_task()
-        self._in_flight[request_id] = task
+        self.host.in_flight[request_id] = task
         watcher = asyncio.ensure_future(self._watch_cancel(sender, request_id))
         try:
             await self._generate(engine, parsed, request_id, sender)
         finally:
             watcher.cancel()
-            self._in_flight.pop(request_id, None)
+            self.host.in_flight.pop(request_id, None)
             self._aborted_by_id.pop(request_id, None)
 
     async def _generate(self, engine, parsed, request_id: str, sender) -> None:
@@ -219,7 +143,7 @@ class TritonPythonModel:
             else:
                 send_error(sender, "request was cancelled", pb_utils.TritonError.CANCELLED)
         except EngineDeadError as e:
-            self._engine_died(engine)
+            self.host.engine_died(engine)
             self._metrics.count("dynasor_engine_requests_total", {"outcome": "engine_dead"})
             send_error(sender, f"policy engine died while serving this request: {e}", pb_utils.TritonError.UNAVAILABLE)
         except ValueError as e:
@@ -235,16 +159,16 @@ class TritonPythonModel:
         while True:
             await asyncio.sleep(0.1)
             if sender.is_cancelled():
-                task = self._in_flight.get(request_id)
+                task = self.host.in_flight.get(request_id)
                 if task is not None:
                     task.cancel()
                 return
 
     async def _abort_many(self, request_ids: list[str], sender) -> None:
-        found = [rid for rid in request_ids if rid in self._in_flight]
+        found = [rid for rid in request_ids if rid in self.host.in_flight]
         for rid in found:
             self._aborted_by_id[rid] = True
-            self._in_flight[rid].cancel()
+            self.host.in_flight[rid].cancel()
         reasons = ["aborted" if rid in found else "unknown" for rid in request_ids]
         sender.send(
             pb_utils.InferenceResponse(
@@ -257,24 +181,7 @@ class TritonPythonModel:
         )
 
     def finalize(self):
-        self.logger.log_info("[policy] finalize: stopping the engine")
-
-        async def stop():
-            for task in list(self._in_flight.values()):
-                task.cancel()
-            self._monitor.cancel()
-            if self._restart is not None:
-                # A replacement engine still starting would outlive the server: let it finish, then stop it.
-                await asyncio.wait([self._restart], timeout=240)
-            await asyncio.sleep(0.2)
-
-        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(timeout=300)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._loop_thread.join(timeout=10)
-        if self._engine is not None:
-            self._engine.shutdown()
-            self._engine = None
-        self.logger.log_info("[policy] engine shut down")
+        self.host.stop()
 
 
 def request_inputs(request) -> dict:
