@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup warm demo test unit lint serve bench-slo bench-live bench-policy bench-accuracy bench-dynasor bench-scheduling bench-scheduler bench-batch bench-slo-floor bench-openai bench-cot bench-fleet fleet openai loadtest lock clean
+.PHONY: setup warm demo test unit lint serve bench-slo bench-live bench-policy bench-accuracy bench-dynasor bench-scheduling bench-scheduler bench-batch bench-slo-floor bench-openai bench-cot bench-fleet bench-fleet-sim fleet openai loadtest lock clean
 
 setup:
 	@bash scripts/setup.sh
@@ -78,9 +78,15 @@ bench-openai: warm
 bench-cot: warm
 	$(PY) -m benchmarks.bench_cot
 
-# Two SmolLM2 replicas behind HAProxy under Locust: one drained mid-load, then one SIGKILLed (about 8 minutes).
+# Two SmolLM2 replicas behind HAProxy: their engine measured side by side, then Locust with one drained
+# mid-load and one SIGKILLed (about 12 minutes); then the simulator's two replicas on the same load.
 bench-fleet: setup
 	$(PY) -m benchmarks.bench_fleet
+	$(PY) -m loadtest.fleet_agreement
+
+# Simulated GPU fleets (1-8 replicas of the GPU preset), balanced per program against per request (about 19 minutes on 2 cores).
+bench-fleet-sim: setup
+	$(PY) -m benchmarks.bench_fleet_sim
 
 # N replicas behind HAProxy on this machine (docs/fleet.md).
 REPLICAS ?= 2

@@ -3,7 +3,11 @@
 in a second run on a fresh fleet one replica is SIGKILLed. Printed: programs per replica before the
 event, programs lost and errored, and for the kill the time from the kill to each error at the
 client and errors among programs sent afterwards. SmolLM2, so that two replicas fit on 2 cores.
-Writes runs/fleet/fleet.json and prints the table docs/fleet.md quotes."""
+Writes runs/fleet/fleet.json and prints the table docs/fleet.md quotes.
+
+A first phase on its own fresh fleet measures each replica's `policy` tokens/s while every replica
+runs the same number of sequences at once (they share this machine's cores, as under the load):
+runs/fleet/engine.json, what loadtest/fleet_agreement.py fits the simulator's engine to."""
 from __future__ import annotations
 
 import argparse
@@ -14,11 +18,14 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from benchmarks.bench_slo import _policy_tokens
 from client.dynasor_client import DynasorClient
 from engines.engine_settings import cpu_model
+from scheduler_backend.datasets import load
 from serving.fleet import Fleet, start_fleet
 from serving.launcher import TritonServer
 
@@ -40,6 +47,46 @@ def _locust(fleet: Fleet, args: argparse.Namespace, out: Path) -> subprocess.Pop
            "--seed", str(args.seed), "--exit-code-on-error", "0", "--summary-json", str(out.with_suffix(".summary.json")),
            "--records-json", str(out), "DynasorGrpcUser"]
     return subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": "."}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _timed(url: str, prompt: str, sampling: dict[str, Any], t0: float) -> tuple[int, float]:
+    """(output tokens, seconds from `t0` to its end) of one `policy` request."""
+    tokens, _ = _policy_tokens(url, prompt, sampling)
+    return tokens, time.perf_counter() - t0
+
+
+def calibrate(args: argparse.Namespace, levels: list[int], max_tokens: int = 96) -> dict[str, Any]:
+    """Tokens/s per replica at each count of sequences in flight per replica, every replica loaded
+    alike at the same time (requests of up to 8 fixed-length samples, as bench_slo's calibration;
+    the better of two tries), and the first-token time of one GSM8K prompt on an idle fleet (its
+    prefill)."""
+    fleet = start_fleet(2, args.model, engine_overrides={"enforce_eager": True})
+    try:
+        fleet.wait_ready()
+        urls = [r.grpc_url for r in fleet.replicas]
+        prompt = load("gsm8k", "test", 1)[0].question
+        for url in urls:
+            _policy_tokens(url, prompt, {"max_tokens": 4})  # warm up
+        ttft = min(_policy_tokens(urls[0], prompt, {"max_tokens": 1})[1] for _ in range(3))
+        points = []
+        for seqs in levels:
+            n = min(seqs, 8)
+            requests = max(seqs // n, 1)
+            sampling = {"max_tokens": max_tokens, "ignore_eos": True, "temperature": 0.7, "n": n}
+            best = 0.0
+            for _ in range(2):
+                with ThreadPoolExecutor(requests * len(urls)) as pool:
+                    t0 = time.perf_counter()
+                    done = [f.result() for f in [pool.submit(_timed, url, prompt, sampling, t0) for url in urls for _ in range(requests)]]
+                # every replica's tokens over the time to the last one's end: a replica done early
+                # leaves the other the cores for a while, which per-replica times would credit to it
+                best = max(best, sum(t for t, _ in done) / max(s for _, s in done) / len(urls))
+            points.append({"sequences": n * requests, "tokens_per_s": best})
+            print(f"calibration: {n * requests} sequences per replica: {best:.0f} tok/s per replica", flush=True)
+    finally:
+        fleet.stop()
+    return {"hardware": cpu_model(), "model": args.model, "replicas": len(urls), "points": points, "ttft_s": ttft,
+            "prompt_chars": len(prompt), "max_tokens": max_tokens}
 
 
 def scenario(kind: str, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
@@ -100,10 +147,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grace-s", type=float, default=60.0, help="the drained replica's grace period")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/fleet/fleet.json")
+    ap.add_argument("--phases", default="calibrate,events", help="calibrate (runs/fleet/engine.json), events (drain and kill)")
+    ap.add_argument("--calibration-levels", default="1,4,8,16,24,32", help="sequences in flight per replica")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     print(f"hardware: {cpu_model()}", flush=True)
+    phases = args.phases.split(",")
+    if "calibrate" in phases:
+        engine = calibrate(args, [int(x) for x in args.calibration_levels.split(",")])
+        (out.parent / "engine.json").write_text(json.dumps(engine, indent=2) + "\n")
+        print(f"written: {out.parent / 'engine.json'}", flush=True)
+    if "events" not in phases:
+        return 0
     rows = []
     for kind in ("drain", "kill"):
         print(f"fleet: {kind} run, {args.rate:g} programs/s for {args.duration_s:.0f} s, the event at {args.duration_s / 2:.0f} s", flush=True)

@@ -5,7 +5,14 @@ GPU scale on a laptop (loadtest/simulator.py runs it on virtual time).
 The cost model (`EngineModel`): at most `max_num_seqs` sequences decode together; one decode
 iteration of a batch of b sequences takes `fixed_s + per_seq_s * b` and gives each one token.
 Prefill stalls decoding for `prefill_s_per_token` per prompt token, paid once per request with
-prefix caching (its n samples share the prompt), else once per sequence. Waiting sequences are
+prefix caching (its n samples share the prompt), else once per sequence. With prefix caching a
+request also skips the part of its prompt an earlier request of the same program left resident on
+this engine, as vLLM's automatic prefix caching does: the prompt up to the question (the system and
+user messages, `prefix_tokens`) stays cached per program and question, so a program's later rounds
+and probes pay only for what follows it (a probe's continued text). The cache is kept per program,
+not by content, because the load test draws its questions from a few hundred with replacement and
+real traffic seldom repeats one; it lives as long as the program (`forget` evicts it), which bounds
+it by the programs in flight. Waiting sequences are
 admitted by (priority, arrival), lower priority first, as vLLM's priority scheduler does; running
 sequences are never preempted (vLLM would preempt for a higher priority: a simplification).
 
@@ -37,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from scheduler_backend.engine import EngineError, GenerateCall, SampleDelta
+from scheduler_backend.engine import ChatMessage, EngineError, GenerateCall, SampleDelta
 from scheduler_backend.programs.base import sample_answer
 
 _EPS = 1e-6  # decode progress is in tokens; lengths are whole tokens
@@ -143,9 +150,21 @@ def call_question(call: GenerateCall) -> str:
     return users[-1] if users else call.prompt
 
 
+def _message_tokens(messages: Sequence[ChatMessage]) -> int:
+    """Rough length of chat messages (4 characters a token, a few per message for the chat template)."""
+    return sum(len(m.content) // 4 + 4 for m in messages)
+
+
 def prompt_tokens(call: GenerateCall) -> int:
-    """Rough prompt length (4 characters a token, a few per message for the chat template)."""
-    return sum(len(m.content) // 4 + 4 for m in call.messages) or len(call.prompt) // 4 + 1
+    """Rough prompt length of a call."""
+    return _message_tokens(call.messages) or len(call.prompt) // 4 + 1
+
+
+def prefix_tokens(call: GenerateCall) -> int:
+    """The part of the prompt every call of a program shares: up to its last user message (the
+    question); the whole prompt for a call without one."""
+    users = [i for i, m in enumerate(call.messages) if m.role == "user"]
+    return _message_tokens(call.messages[:users[-1] + 1]) if users else prompt_tokens(call)
 
 
 # Probing (the runner's answer at a deadline) is modelled, not replayed: the traces keep no partial
@@ -217,7 +236,10 @@ class _Seq:
 @dataclass(eq=False)
 class _Request:
     id: str
+    owner: str  # the program: the request id before ':'
+    question: str
     prompt_tokens: int
+    prefix_tokens: int
     queue: asyncio.Queue[list[SampleDelta] | None]
     seqs: list[_Seq] = field(default_factory=list)
     left: int = 0
@@ -227,7 +249,8 @@ class _Request:
 
 class SimulatedEngine:
     """The Engine protocol on the running loop's clock (virtual or real). `alone_s` accumulates,
-    per program (request id before ':'), the time its requests take on an idle engine."""
+    per program (request id before ':'), the time its requests take on an idle engine (its own
+    earlier requests' prefix cached); `prefill_s` is the time decoding stalled for prefills."""
 
     def __init__(self, model: EngineModel, samples: TraceSamples, stream_every_s: float = 0.5):
         """`stream_every_s`: how often running sequences report the tokens they made (as vLLM
@@ -239,6 +262,8 @@ class SimulatedEngine:
         self.samples = samples
         self.alone_s: dict[str, float] = {}
         self.tokens_generated = 0
+        self.prefill_s = 0.0
+        self._cached: dict[str, dict[str, int]] = {}  # program -> question -> prompt tokens resident
         self._requests: dict[str, _Request] = {}
         self._waiting: list[tuple[int, int, int, _Seq]] = []  # (priority, arrival, index, seq)
         self._running: dict[_Seq, None] = {}  # ordered, so a run replays the same way every time
@@ -267,9 +292,12 @@ class SimulatedEngine:
         self._loop = asyncio.get_running_loop()
         probed = self._probe(call)
         drawn = probed or self.samples.draw(call)
-        req = _Request(call.request_id, prompt_tokens(call), asyncio.Queue(), left=len(drawn), probe=bool(probed))
         owner = call.request_id.split(":", 1)[0]
-        self.alone_s[owner] = self.alone_s.get(owner, 0.0) + self.model.alone_s(req.prompt_tokens, [d.tokens for d in drawn])
+        req = _Request(call.request_id, owner, call_question(call), prompt_tokens(call), prefix_tokens(call), asyncio.Queue(),
+                       left=len(drawn), probe=bool(probed))
+        cached_alone = req.prefix_tokens if self.model.prefix_caching and owner in self.alone_s else 0
+        self.alone_s[owner] = self.alone_s.get(owner, 0.0) + self.model.alone_s(req.prompt_tokens - cached_alone,
+                                                                                [d.tokens for d in drawn])
         now = self._loop.time()
         self._advance(now)
         arrival = next(self._arrivals)
@@ -296,6 +324,10 @@ class SimulatedEngine:
     async def score(self, question: str, candidates: Sequence[str]) -> list[float]:
         """No reward model is simulated: every candidate gets 0.5."""
         return [0.5] * len(candidates)
+
+    def forget(self, owner: str) -> None:
+        """Evict a finished program's cached prefixes."""
+        self._cached.pop(owner, None)
 
     def shutdown(self) -> None:
         for timer in (self._timer, self._ticker):
@@ -329,7 +361,9 @@ class SimulatedEngine:
                 continue
             req = seq.request
             if not req.prefilled or not self.model.prefix_caching:
-                self._stall_until = max(self._stall_until, now) + self.model.prefill_s(req.prompt_tokens, 1)
+                stall = self.model.prefill_s(self._uncached(req), 1)
+                self._stall_until = max(self._stall_until, now) + stall
+                self.prefill_s += stall
                 req.prefilled = True
             seq.finish_at = self._progress + seq.sample.tokens
             self._running[seq] = None
@@ -346,6 +380,16 @@ class SimulatedEngine:
             left = max(self._finishing[0][0] - self._progress, 0.0)
             when = max(now, self._stall_until) + left * self.model.iteration_s(len(self._running))
             self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _uncached(self, req: _Request) -> int:
+        """Prompt tokens the request's prefill computes; with prefix caching, its prefix is resident
+        from then on."""
+        if not self.model.prefix_caching:
+            return req.prompt_tokens
+        held = self._cached.setdefault(req.owner, {})
+        resident = min(held.get(req.question, 0), req.prefix_tokens)
+        held[req.question] = max(held.get(req.question, 0), req.prefix_tokens)
+        return req.prompt_tokens - resident
 
     def _on_timer(self) -> None:
         assert self._loop is not None, "set by the first generate"

@@ -22,7 +22,10 @@ recorded lengths, rounds one after another) on an idle engine. A program that ne
 engine has none.
 
 Several replicas: `replicas=k` runs k engine+runner pairs behind a balancer that sends each new
-program to the replica with the fewest programs in flight (ties: round-robin), or round-robin.
+program to the replica with the fewest programs in flight (ties: round-robin), or round-robin; or,
+with the `per-request` balancer, one runner and scheduler in front of k engines that take its
+engine calls in turn (engines/round_robin.py): what a balancer blind to programs does, spreading
+the samples of one program over replicas, where each call finds no prefix cached by the one before.
 """
 from __future__ import annotations
 
@@ -42,13 +45,14 @@ from typing import Any
 from tqdm import tqdm
 
 from engines.policy_stream import SampleAccumulator
+from engines.round_robin import RoundRobinEngine
 from engines.simulated import EngineModel, SimulatedEngine, TraceSamples
 from loadtest.equal_accuracy import last_at
 from loadtest.slo import ClassSummary, Outcome, ProgramRecord, percentile, program_deadline, summarize
 from loadtest.virtual_loop import run_virtual
 from scheduler_backend.allocation import AllocationPolicy, UniformPolicy, load_policy
 from scheduler_backend.capacity import ConcurrencyController
-from scheduler_backend.engine import GenerateCall, SamplingSpec
+from scheduler_backend.engine import Engine, GenerateCall, SamplingSpec
 from scheduler_backend.programs.self_consistency import SelfConsistency
 from scheduler_backend.prompts import solve_messages
 from scheduler_backend.quality import QualityFloor
@@ -79,6 +83,9 @@ SYSTEMS: dict[str, System] = {s.name: s for s in (
 )}
 
 
+BALANCERS = ("least-loaded", "round-robin", "per-request")
+
+
 @dataclass(frozen=True)
 class SimConfig:
     """Everything but the system, the rate and the SLO scale."""
@@ -89,7 +96,7 @@ class SimConfig:
     base_deadline_s: float = 30.0
     grace_s: float = 1e-6  # no response trip to allow for: only the rounding of virtual times
     replicas: int = 1
-    balancer: str = "least-loaded"  # or "round-robin"
+    balancer: str = "least-loaded"  # or "round-robin" (per program), or "per-request" (BALANCERS)
     max_running: int | None = None  # programs admitted per replica; None: "auto", as the server (capacity.py)
     probe_s: float = 1.0  # the server's deadline_probe_s
     seed: int = 0
@@ -98,12 +105,13 @@ class SimConfig:
 
 @dataclass(frozen=True)
 class ProgramOutcome:
-    """One program's times, for finish-time fairness."""
+    """One program's times, for finish-time fairness, and the replica the balancer sent it to."""
 
     pid: str
     arrival_s: float
     latency_s: float
     alone_s: float | None
+    replica: int = 0
 
     @property
     def ftf(self) -> float | None:
@@ -119,6 +127,7 @@ class SimResult:
     outcomes: list[ProgramOutcome]
     duration_s: float  # virtual: from the first arrival to the last finish
     wall_s: float
+    prefill_s: float = 0.0  # engine time stalled for prefills, every engine together
     summary: ClassSummary = field(init=False)
 
     def __post_init__(self) -> None:
@@ -129,7 +138,8 @@ class SimResult:
         ftf = [f for o in self.outcomes if (f := o.ftf) is not None]
         return {"system": self.system, "rate": self.rate, "slo_scale": self.slo_scale, **asdict(self.summary),
                 "ftf_p50": percentile(ftf, 50), "ftf_p90": percentile(ftf, 90), "ftf_p99": percentile(ftf, 99),
-                "duration_s": self.duration_s, "wall_s": self.wall_s}
+                "prefill_s_per_program": self.prefill_s / max(len(self.records), 1), "duration_s": self.duration_s,
+                "wall_s": self.wall_s}
 
 
 def arrivals(traces: Sequence[Mapping[str, Any]], rate: float, programs: int, seed: int) -> list[tuple[float, Mapping[str, Any]]]:
@@ -149,27 +159,39 @@ def arrivals(traces: Sequence[Mapping[str, Any]], rate: float, programs: int, se
 
 @dataclass(eq=False)
 class _Replica:
-    engine: SimulatedEngine
+    """What the balancer sends a program to: a runner (None for the baseline) over `engine`, which
+    is one of `engines` or, with the per-request balancer, all of them in turn."""
+
+    engine: Engine
+    engines: list[SimulatedEngine]
     runner: ProgramRunner | None
     live: int = 0
 
 
 def _replicas(system: System, model: EngineModel, samples: TraceSamples, config: SimConfig) -> list[_Replica]:
+    groups = [[SimulatedEngine(model, samples) for _ in range(config.replicas)]] if config.balancer == "per-request" else \
+        [[SimulatedEngine(model, samples)] for _ in range(config.replicas)]
     out = []
-    for _ in range(config.replicas):
-        engine = SimulatedEngine(model, samples)
+    for engines in groups:
+        engine: Engine = RoundRobinEngine(engines) if len(engines) > 1 else engines[0]
         runner = None
         if system.runner:
-            concurrency = None if config.max_running else ConcurrencyController(max_seqs=model.max_num_seqs)
-            max_running = config.max_running or (concurrency.max_running if concurrency else 1)
+            # A runner in front of several engines admits what that many replicas' runners would
+            # together: from their start (the controller's default, 16 programs each) to all their slots.
+            concurrency = None
+            if config.max_running:
+                max_running = config.max_running * len(engines)
+            else:
+                concurrency = ConcurrencyController(initial_programs=16 * len(engines), max_seqs=model.max_num_seqs * len(engines))
+                max_running = concurrency.max_running
             scheduler = Scheduler(max_running=max_running, policy=system.scheduling)
             runner = ProgramRunner(engine, scheduler, clock=asyncio.get_running_loop().time, progress_interval_s=None,
                                    inline_results=True, gang=system.gang, concurrency=concurrency, probe_s=config.probe_s)
-        out.append(_Replica(engine, runner))
+        out.append(_Replica(engine, engines, runner))
     return out
 
 
-async def _baseline(engine: SimulatedEngine, pid: str, question: str, deadline_s: float, config: SimConfig) -> tuple[Outcome, str]:
+async def _baseline(engine: Engine, pid: str, question: str, deadline_s: float, config: SimConfig) -> tuple[Outcome, str]:
     call = GenerateCall(request_id=f"{pid}:all", messages=solve_messages(question),
                         sampling=SamplingSpec(n=config.budget, max_tokens=config.max_tokens, temperature=0.5, top_k=50))
     acc = SampleAccumulator()
@@ -200,7 +222,8 @@ async def _dynasor(runner: ProgramRunner, pid: str, question: str, deadline_s: f
 
 
 async def _simulate(system: System, arrival_list: list[tuple[float, Mapping[str, Any]]], deadline_s: float, model: EngineModel,
-                    policy: AllocationPolicy, config: SimConfig, samples: TraceSamples, bar: tqdm | None) -> tuple[list[ProgramRecord], list[ProgramOutcome], float]:
+                    policy: AllocationPolicy, config: SimConfig, samples: TraceSamples,
+                    bar: tqdm | None) -> tuple[list[ProgramRecord], list[ProgramOutcome], float, float]:
     loop = asyncio.get_running_loop()
     replicas = _replicas(system, model, samples, config)
     records: list[ProgramRecord] = []
@@ -230,11 +253,14 @@ async def _simulate(system: System, arrival_list: list[tuple[float, Mapping[str,
         latency = loop.time() - start
         last[0] = max(last[0], loop.time())
         samples.forget(pid)
+        alone = [e.alone_s.pop(pid) for e in replica.engines if pid in e.alone_s]
+        for e in replica.engines:
+            e.forget(pid)
         records.append(ProgramRecord(user_class=system.name, latency_s=latency, deadline_s=deadline_s, answer=outcome.answer,
                                      correct=answer_correct(trace, outcome.answer), tokens=outcome.tokens, error=error,
                                      grace_s=config.grace_s, question_id=str(trace.get("id", "")), stop_reason=outcome.stop_reason,
                                      steps=outcome.steps, probed=outcome.probed, floor=config.floor.units))
-        outcomes.append(ProgramOutcome(pid, at, latency, replica.engine.alone_s.pop(pid, None)))
+        outcomes.append(ProgramOutcome(pid, at, latency, sum(alone) if alone else None, replicas.index(replica)))
         if bar is not None:
             bar.update(1)
 
@@ -244,7 +270,7 @@ async def _simulate(system: System, arrival_list: list[tuple[float, Mapping[str,
         for r in replicas:
             r.engine.shutdown()
     first = arrival_list[0][0] if arrival_list else 0.0
-    return records, outcomes, last[0] - first
+    return records, outcomes, last[0] - first, sum(e.prefill_s for r in replicas for e in r.engines)
 
 
 def simulate(system: System | str, traces: Sequence[Mapping[str, Any]], *, rate: float, slo_scale: float, programs: int,
@@ -252,8 +278,8 @@ def simulate(system: System | str, traces: Sequence[Mapping[str, Any]], *, rate:
              progress: bool = False) -> SimResult:
     """One load test: `programs` Poisson arrivals at `rate`/s, deadline slo_scale x base_deadline_s."""
     system = SYSTEMS[system] if isinstance(system, str) else system
-    if config.balancer not in ("least-loaded", "round-robin") or config.replicas < 1:
-        raise ValueError(f"config: balancer must be least-loaded or round-robin and replicas >= 1, got {config}")
+    if config.balancer not in BALANCERS or config.replicas < 1:
+        raise ValueError(f"config: balancer must be one of {', '.join(BALANCERS)} and replicas >= 1, got {config}")
     deadline_s = program_deadline(slo_scale, config.base_deadline_s)
     program = str(traces[0].get("program", "self-consistency")) if traces else "self-consistency"
     chosen = (policy or default_allocation(program)[1]) if system.certaindex else UniformPolicy()
@@ -262,11 +288,12 @@ def simulate(system: System | str, traces: Sequence[Mapping[str, Any]], *, rate:
     bar = tqdm(total=programs, desc=f"{system.name} rate={rate:g} slo={slo_scale:g}", unit="prog", leave=False) if progress else None
     t0 = time.perf_counter()
     try:
-        records, outcomes, duration = run_virtual(_simulate(system, arrival_list, deadline_s, model, chosen, config, samples, bar))
+        records, outcomes, duration, prefill_s = run_virtual(_simulate(system, arrival_list, deadline_s, model, chosen, config,
+                                                                       samples, bar))
     finally:
         if bar is not None:
             bar.close()
-    return SimResult(system.name, rate, slo_scale, records, outcomes, duration, time.perf_counter() - t0)
+    return SimResult(system.name, rate, slo_scale, records, outcomes, duration, time.perf_counter() - t0, prefill_s)
 
 
 def sweep(systems: Sequence[System | str], traces: Sequence[Mapping[str, Any]], *, rates: Sequence[float],
@@ -337,7 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--programs", type=int, default=1000)
     p.add_argument("--engine", default="gpu", help="cpu, gpu, or a JSON file of EngineModel fields (or measured points)")
     p.add_argument("--replicas", type=int, default=1)
-    p.add_argument("--balancer", choices=("least-loaded", "round-robin"), default="least-loaded")
+    p.add_argument("--balancer", choices=BALANCERS, default="least-loaded",
+                   help="per program (least-loaded, round-robin), or each engine call in turn over the replicas (per-request)")
     p.add_argument("--budget", type=int, default=16)
     p.add_argument("--round-size", type=int, default=4)
     p.add_argument("--base-deadline-s", type=float, default=30.0)

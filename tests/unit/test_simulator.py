@@ -5,19 +5,24 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from engines.round_robin import RoundRobinEngine
 from engines.scripted import ScriptedEngine
-from engines.simulated import EngineModel, SimulatedEngine, TraceSamples, prompt_tokens, sample_text
+from engines.simulated import EngineModel, SimulatedEngine, TraceSamples, prefix_tokens, prompt_tokens, sample_text
+from loadtest.fleet_agreement import split_samples
 from loadtest.simulator import SYSTEMS, SimConfig, main, simulate, sustainable_rate, sweep, tightest_slo_scale
+from loadtest.slo import ProgramRecord
 from loadtest.slo_report import AGREEMENT_POINTS, engine_model, equal_accuracy_bound, load_real
 from loadtest.slo_report import TRACES as WORKLOAD_TRACES
 from loadtest.virtual_loop import run_virtual
 from scheduler_backend.allocation import ThresholdPolicy
 from scheduler_backend.engine import GenerateCall, SamplingSpec
 from scheduler_backend.programs.base import sample_answer
+from scheduler_backend.prompts import solve_messages
 from scheduler_backend.quality import QualityFloor
 from scheduler_backend.registry import create
 from scheduler_backend.runner import ProgramRunner
@@ -103,6 +108,114 @@ def test_prefill_is_paid_once_per_request_with_prefix_caching():
 
     assert run_virtual(go(True)) == pytest.approx([2.0, 2.0])
     assert run_virtual(go(False)) == pytest.approx([3.0, 3.0])
+
+
+def test_the_prefix_cache_charges_a_programs_repeated_prompt_only_once():
+    """100 prompt tokens at 0.01 s/token, then 10 iterations of 0.1 s: a program's first request
+    pays the 1 s prefill, its second only decodes, another program with the same question pays
+    again (the cache is per program), and so does the first once forgotten; without prefix
+    caching every request pays."""
+    question = "q" * 396
+    traces = [sc_trace("x", ["7"] * 4, [10] * 4) | {"question": question}]
+
+    async def go(caching: bool) -> list[float]:
+        model = EngineModel(fixed_s=0.1, per_seq_s=0.0, prefill_s_per_token=0.01, prefix_caching=caching)
+        engine = SimulatedEngine(model, TraceSamples(traces))
+        loop = asyncio.get_running_loop()
+        took = []
+        for rid in ("p:1", "p:2", "q:1", "forget p", "p:3"):
+            if rid == "forget p":
+                engine.forget("p")
+                continue
+            t0 = loop.time()
+            await finish_times(engine, call(rid, question))
+            took.append(loop.time() - t0)
+        return took
+
+    assert run_virtual(go(True)) == pytest.approx([2.0, 1.0, 2.0, 2.0])
+    assert run_virtual(go(False)) == pytest.approx([2.0, 2.0, 2.0, 2.0])
+
+
+def test_a_probe_shares_the_prefix_up_to_its_question_and_pays_for_its_continued_text():
+    solve = solve_messages("q" * 396)
+    first = GenerateCall(request_id="p:round1", sampling=SamplingSpec(max_tokens=64, n=4), messages=solve)
+    probe = GenerateCall(request_id="p:probe", sampling=SamplingSpec(max_tokens=4), messages=solve_messages("q" * 396, partial="a" * 396))
+    assert prefix_tokens(probe) == prefix_tokens(first) == prompt_tokens(first)
+    assert prompt_tokens(probe) - prefix_tokens(probe) == 396 // 4 + 4
+
+
+def test_round_robin_per_request_spreads_a_programs_calls_and_aborts_reach_their_engine():
+    """Two engines: a program's first call goes to one, its second to the other (so each pays
+    the prefill its own prefix cache would have saved); aborting the second frees only the engine
+    that holds it, and the first still finishes."""
+    model = EngineModel(fixed_s=0.1, per_seq_s=0.0, prefill_s_per_token=0.01)
+    question = "q" * 396
+    samples = TraceSamples([sc_trace("x", ["7"] * 4, [10] * 4) | {"question": question}])
+    engines = [SimulatedEngine(model, samples) for _ in range(2)]
+    front = RoundRobinEngine(engines)
+
+    async def go() -> tuple[list[float], list[float]]:
+        first = asyncio.ensure_future(finish_times(front, call("p:round1", question)))
+        second = asyncio.ensure_future(finish_times(front, call("p:round2", question)))
+        await asyncio.sleep(0.5)
+        assert [e.requests for e in engines] == [1, 1]
+        assert [e.prefill_s for e in engines] == pytest.approx([1.0, 1.0])
+        await front.abort("p:round2")
+        assert [e.requests for e in engines] == [1, 0]
+        return await first, await second
+
+    first, second = run_virtual(go())
+    assert first == pytest.approx([2.0]) and second == []
+
+
+def test_per_request_balancing_pays_the_prefill_the_program_balancer_saves():
+    """Two rounds a program (no early stop) over two replicas, one program at a time: kept on one
+    replica a program's second round finds its prefix cached; spread request by request it pays
+    it again."""
+    traces = toy_traces(50)
+    config = SimConfig(budget=8, round_size=4, replicas=2, base_deadline_s=60)
+    model = EngineModel(fixed_s=0.02, per_seq_s=0.0, prefill_s_per_token=0.01)
+    per_program = simulate("gang", traces, rate=0.02, slo_scale=1, programs=20, model=model, config=config)
+    per_request = simulate("gang", traces, rate=0.02, slo_scale=1, programs=20, model=model,
+                           config=replace(config, balancer="per-request"))
+    one_prompt = model.prefill_s(prompt_tokens(GenerateCall("p:1", SamplingSpec(max_tokens=64), solve_messages("q50"))), 1)
+    assert per_program.row()["prefill_s_per_program"] == pytest.approx(one_prompt)
+    assert per_request.row()["prefill_s_per_program"] == pytest.approx(2 * one_prompt)
+    assert all(r.tokens == 8 * 50 for r in per_program.records + per_request.records)
+
+
+def test_k_replicas_behind_the_program_balancer_sustain_k_times_one_replicas_rate():
+    """A small engine (16 slots, ~440 tok/s full), programs of 4 samples of 100 or 150 tokens in two
+    rounds, held to a floor of all 4 (so an overloaded replica misses rather than answering with
+    fewer): 4 replicas sustain at least 0.9 x 4 times one replica's rate, and no more than pooling
+    4 replicas' Poisson arrivals explains (1.35 x 4 at most); a balancer that sent every program
+    to one replica would sustain about one replica's."""
+    model = EngineModel(fixed_s=0.02, per_seq_s=0.001, max_num_seqs=16, prefill_s_per_token=1e-4)
+    config = SimConfig(budget=4, round_size=2, base_deadline_s=10, floor=QualityFloor(4, "refuse"))
+    per_replica = [0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    rates: dict[int, float | None] = {}
+    for k in (1, 4):
+        rows = sweep(["gang"], toy_traces(100, 150), rates=[r * k for r in per_replica], slo_scales=[1], programs=300 * k,
+                     model=model, config=replace(config, replicas=k))
+        rates[k] = sustainable_rate([{**r, "attainment": r["attainment_at_floor"]} for r in rows], "gang", 1)
+    one, four = rates[1], rates[4]
+    assert one is not None and four is not None and per_replica[0] < one < per_replica[-1], rates
+    assert 0.9 <= four / (4 * one) <= 1.35, rates
+
+
+def test_a_real_programs_final_report_rebuilds_into_its_samples():
+    """loadtest/fleet_agreement.py: an unanswered sample counts at the token cap when the tokens
+    allow it, the answered ones share the rest; otherwise every sample gets the mean."""
+    def record(tokens: int, clusters: list[tuple[str, int]], unanswered: int) -> ProgramRecord:
+        server = {"clusters": [{"answer": a, "size": n} for a, n in clusters], "no_answer": unanswered}
+        return ProgramRecord("u", 10.0, 60.0, None, False, tokens, server=server)
+
+    mixed = split_samples(record(712, [("8", 2), ("9", 1)], 1), 256)
+    assert [(x["answer"], x["tokens"], x["finish_reason"]) for x in mixed] == [
+        ("8", 152, "stop"), ("8", 152, "stop"), ("9", 152, "stop"), (None, 256, "length")]
+    short = split_samples(record(300, [("8", 1)], 2), 256)
+    assert [x["tokens"] for x in short] == [100, 100, 100] and short[1]["answer"] is None
+    assert split_samples(record(0, [], 0), 256) == []
 
 
 def test_abort_frees_the_slot_at_once():
