@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup warm demo test unit lint serve bench-slo bench-live bench-policy bench-accuracy bench-dynasor bench-scheduling bench-scheduler bench-batch bench-slo-floor bench-openai bench-cot bench-fleet bench-fleet-sim fleet openai loadtest lock clean
+.PHONY: setup warm demo test unit lint serve bench-slo bench-live bench-policy bench-accuracy bench-dynasor bench-scheduling bench-scheduler bench-batch bench-slo-floor bench-openai bench-cot bench-fleet bench-fleet-sim bench-reward fleet openai loadtest lock clean
 
 setup:
 	@bash scripts/setup.sh
@@ -83,6 +83,11 @@ bench-cot: warm
 bench-fleet: setup
 	$(PY) -m benchmarks.bench_fleet
 	$(PY) -m loadtest.fleet_agreement
+
+# The default Qwen model as a step-tag process reward model (its own pooling engine) beside the judge:
+# served memory of both, Rebase and MCTS traces scored by it, rank agreement with the judge (about 8 minutes).
+bench-reward: warm
+	$(PY) -m benchmarks.bench_reward
 
 # Simulated GPU fleets (1-8 replicas of the GPU preset), balanced per program against per request (about 19 minutes on 2 cores).
 bench-fleet-sim: setup

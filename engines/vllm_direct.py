@@ -99,15 +99,19 @@ class VllmEngine:
     async def score(self, question: str, candidates: Sequence[str]) -> list[float]:
         if self._scorer is not None:
             return [s.score for s in await self._scorer.score(question, candidates, f"reward-{id(candidates)}")]
+        return await self.judge_scores(question, candidates, self.judge)
 
+    async def judge_scores(self, question: str, candidates: Sequence[str], judge: Mapping[str, Any]) -> list[float]:
+        """The generative judge's scores on the policy engine (`judge`: a judge-mode model.json),
+        whatever mode `score` serves: a benchmark sets them beside a reward model's."""
         async def one(i: int, candidate: str) -> float:
-            prompt = self.judge["prompt"].format(question=question, candidate=candidate)
+            prompt = judge["prompt"].format(question=question, candidate=candidate)
             call = GenerateCall(request_id=f"judge-{id(candidates)}-{i}", sampling=SamplingSpec(max_tokens=1, temperature=0.0, logprobs=20),
                                 messages=(ChatMessage("user", prompt),))
             top: dict[str, float] = {}
             async for deltas in self.generate(call):
                 for d in deltas:
                     top = d.top_logprobs[0] if d.top_logprobs else top
-            return judge_score(top, self.judge["yes_tokens"], self.judge["no_tokens"])
+            return judge_score(top, judge.get("yes_tokens", ["yes"]), judge.get("no_tokens", ["no"]))
 
         return list(await asyncio.gather(*(one(i, c) for i, c in enumerate(candidates))))

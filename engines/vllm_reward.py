@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from scheduler_backend.errors import RequestError
 from scheduler_backend.reward_steps import RewardSettings, RewardSettingsError, aggregate, split_steps
@@ -62,10 +62,10 @@ class PoolingReward:
         self.engine = engine
         self.tokenizer = tokenizer
         self.max_model_len = int(engine.model_config.max_model_len)
-        self.step_tag_id = _one_token(tokenizer, settings.step_tag, "step_tag") if settings.step_tag else None
-        self._task: str | None = None
+        self.step_tag_id = _one_token(tokenizer, settings.step_tag, "step_tag") if settings.step_tag else -1
+        self._task: Literal["classify", "token_classify"] | None = None
 
-    async def _pooling_task(self) -> str:
+    async def _pooling_task(self) -> Literal["classify", "token_classify"]:
         """An orm is a sequence classifier where the model is one, else its last token's score."""
         if self._task is None:
             tasks = await self.engine.get_supported_tasks()

@@ -10,6 +10,7 @@ import pytest
 
 from serving.launcher import MODEL_REPOSITORY, MODELS_DIR, start_server
 from tests.conftest import TEST_MODEL
+from tests.integration.helpers import ready_or_stopped
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONTRACT_MODEL = Path(__file__).resolve().parent / "bls_contract" / "engine_contract"
@@ -33,13 +34,8 @@ def server(tmp_path_factory):
     # eager: the plumbing tests do not pay torch.compile's start on every server they start.
     repository = _repository_with_contract_model(tmp_path_factory.mktemp("repo") / "model_repository")
     # One operator limit set low, so test_faults can reach it with two programs.
-    srv = start_server(model_repository=repository, policy_model=TEST_MODEL, dynasor_parameters={"max_programs_per_client": "2"},
-                       engine_overrides={"enforce_eager": True})
-    try:
-        srv.wait_ready(timeout_s=600)
-    except BaseException:
-        srv.stop()
-        raise
+    srv = ready_or_stopped(start_server(model_repository=repository, policy_model=TEST_MODEL,
+                                        dynasor_parameters={"max_programs_per_client": "2"}, engine_overrides={"enforce_eager": True}))
     yield srv
     tree = {p.pid for p in srv.descendants()} | srv.known_pids
     srv.stop()

@@ -11,6 +11,16 @@ def metric_values(srv: TritonServer, name: str) -> dict[str, float]:
     return srv.metric_values(name)
 
 
+def ready_or_stopped(srv: TritonServer, timeout_s: float = 600) -> TritonServer:
+    """The server once ready; stopped (nothing left running) if it never gets there."""
+    try:
+        srv.wait_ready(timeout_s=timeout_s)
+    except BaseException:
+        srv.stop()
+        raise
+    return srv
+
+
 def wait_for(predicate, timeout_s: float, interval_s: float = 0.1):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

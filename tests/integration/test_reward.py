@@ -1,4 +1,4 @@
-"""The real `reward` model: a generative judge over the served policy model."""
+"""The real `reward` model in its default mode: a generative judge over the served policy model."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,9 +9,13 @@ from engines.grpc_stream import StreamCall, StreamError
 pytestmark = pytest.mark.integration
 
 
-def score(server, question, candidates):
+def outputs(server, question, candidates):
     responses = StreamCall(server.grpc_url, "reward", {"question": question, "candidates": candidates}).collect()
-    return next(r.outputs["scores"] for r in responses if "scores" in r.outputs)
+    return next(r.outputs for r in responses if "scores" in r.outputs)
+
+
+def score(server, question, candidates):
+    return outputs(server, question, candidates)["scores"]
 
 
 def test_scores_have_one_value_in_unit_interval_per_candidate(server):
@@ -20,6 +24,13 @@ def test_scores_have_one_value_in_unit_interval_per_candidate(server):
     assert scores.dtype == np.float32 and scores.shape == (3,)
     assert np.all((scores >= 0.0) & (scores <= 1.0))
     assert len(set(np.round(scores, 6))) > 1 or not np.allclose(scores, 0.5), "the judge gave no evidence at all"
+
+
+def test_the_judge_reports_no_steps(server):
+    """The judge scores whole candidates: every count of steps is 0 and there are no step scores."""
+    out = outputs(server, "Tom has 3 apples and buys 5 more. How many apples?", ["3 + 5 = 8.\nThe answer is 8.", "9"])
+    assert out["num_steps"].tolist() == [0, 0] and out["step_scores"].size == 0
+    assert out["scores"].shape == (2,)
 
 
 @pytest.mark.parametrize(

@@ -9,13 +9,14 @@ import math
 import time
 
 import numpy as np
+import psutil
 import pytest
 
 from client.dynasor_client import DynasorClient
 from engines.grpc_stream import StreamCall, StreamError
 from serving.launcher import MODELS_DIR, REPO_ROOT, start_server
 from tests.conftest import TEST_MODEL
-from tests.integration.helpers import metric_values
+from tests.integration.helpers import metric_values, ready_or_stopped, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -34,12 +35,8 @@ def _prm_settings(**changes) -> dict:
 def prm_server():
     if not (MODELS_DIR / "qwen2.5-coder-0.5b").is_dir():
         pytest.fail("models/qwen2.5-coder-0.5b is missing: run `make setup` first")
-    srv = start_server(policy_model=TEST_MODEL, engine_overrides={"enforce_eager": True}, reward_settings=_prm_settings())
-    try:
-        srv.wait_ready(timeout_s=600)
-    except BaseException:
-        srv.stop()
-        raise
+    srv = ready_or_stopped(start_server(policy_model=TEST_MODEL, engine_overrides={"enforce_eager": True},
+                                        reward_settings=_prm_settings()))
     yield srv
     srv.stop()
 
@@ -80,6 +77,38 @@ def test_a_candidate_too_long_for_the_reward_model_names_the_field(prm_server):
     with pytest.raises(StreamError, match=r"candidates\[1\]: \d+ tokens .* max_model_len 4096"):
         StreamCall(prm_server.grpc_url, "reward", {"question": Q, "candidates": ["fine", "7 + 1 = 8\n" * 3000]}).collect()
     assert _score(prm_server, Q, ["The answer is 8."])["num_steps"].tolist() == [1], "the server kept serving"
+
+
+def _reward_engine(srv) -> list[psutil.Process]:
+    """The EngineCore the `reward` stub started (the policy's has the other stub above it)."""
+    found = []
+    for p in srv.descendants():
+        try:
+            if "EngineCore" in " ".join(p.cmdline() or [p.name()]) and any("reward/1/model.py" in " ".join(a.cmdline()) for a in p.parents()):
+                found.append(p)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def test_a_dead_reward_engine_fails_requests_at_once_and_is_rebuilt(prm_server):
+    (core,) = _reward_engine(prm_server)
+    core.kill()
+    errors = []
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        started = time.monotonic()
+        try:
+            _score(prm_server, Q, ["The answer is 8."])
+        except StreamError as e:
+            errors.append((str(e), time.monotonic() - started))
+        time.sleep(0.2)
+    assert errors and all("reward engine" in m and s < 1.0 for m, s in errors), errors
+    assert wait_for(lambda: _reward_metric(prm_server, "dynasor_engine_ready") == 1, timeout_s=300, interval_s=1)
+    assert _reward_metric(prm_server, "dynasor_engine_deaths_total") >= 1
+    assert _score(prm_server, Q, ["3 + 5 = 8.", "The answer is 8."])["num_steps"].tolist() == [1, 1]
+    (new_core,) = _reward_engine(prm_server)
+    assert new_core.pid != core.pid
 
 
 @pytest.mark.parametrize("changes, message", [

@@ -244,11 +244,13 @@ def test_bench_batch_writes_every_plot_and_the_markdown(tmp_path, capsys) -> Non
     assert bench_batch([f"--traces={traces}", f"--out={out}", "--orderings=2"]) == 0
     assert sorted(p.name for p in out.glob("*.png")) == ["gsm8k-synthetic.png", "trees-mcts.png", "trees-rebase.png", "unseen.png"]
     markdown = (out / "batch.md").read_text()
-    assert markdown.count("### ") == 5 and "![gsm8k-synthetic](gsm8k-synthetic.png)" in markdown
+    assert markdown.count("### ") == 6 and "![gsm8k-synthetic](gsm8k-synthetic.png)" in markdown
+    assert "### Certaindex against correctness (Figure 3)" in markdown
+    assert re.search(r"\| trees-rebase \| rebase \| 12 \| 96 \|", markdown), "one row per program of each file"
     assert "### The default allocations on questions they were not fitted on, at budgets 8 and 16" in markdown
     assert re.search(r"\| unseen \| `gsm8k-qwen0\.5b:curve` \| 8 \| 40 \|", markdown)
     # fitted on GSM8K: only the eval half of a GSM8K file is held out
-    assert "| gsm8k-synthetic (eval half) |" in markdown and "| gsm8k-synthetic |" not in markdown
+    assert "| gsm8k-synthetic (eval half) |" in markdown and "| gsm8k-synthetic | `" not in markdown
     printed = capsys.readouterr().out
     assert "== headline: self-consistency on gsm8k-synthetic, eval split" in printed
     assert "on unseen (40 questions, not fitted on), budget 8" in printed

@@ -83,20 +83,24 @@ class TritonPythonModel:
                 self.host.submit(self._serve_pooling(request))
         return None
 
-    def _read(self, request) -> tuple[str, list[str]]:
+    def _read(self, request, sender) -> tuple[str, list[str]] | None:
+        """The question and candidates, or None once a refusal naming the field went out."""
         question = pb_utils.get_input_tensor_by_name(request, "question").as_numpy().reshape(-1)
         candidates = pb_utils.get_input_tensor_by_name(request, "candidates").as_numpy().reshape(-1)
-        return validate_request(question, candidates, self.max_candidates, self.max_chars)
+        try:
+            return validate_request(question, candidates, self.max_candidates, self.max_chars)
+        except RequestError as e:
+            send_error(sender, str(e), pb_utils.TritonError.INVALID_ARG)
+            return None
 
     async def _serve_pooling(self, request) -> None:
         from vllm.v1.engine.exceptions import EngineDeadError
 
         sender = request.get_response_sender()
-        try:
-            q, cands = self._read(request)
-        except RequestError as e:
-            send_error(sender, str(e), pb_utils.TritonError.INVALID_ARG)
+        read = self._read(request, sender)
+        if read is None:
             return
+        q, cands = read
         engine, scorer = self.host.engine, self.scorer
         if engine is None or scorer is None or scorer.engine is not engine:
             send_error(sender, "reward engine is restarting; retry shortly", pb_utils.TritonError.UNAVAILABLE)
@@ -124,11 +128,10 @@ class TritonPythonModel:
 
     def _serve(self, request) -> None:
         sender = request.get_response_sender()
-        try:
-            q, cands = self._read(request)
-        except RequestError as e:
-            send_error(sender, str(e), pb_utils.TritonError.INVALID_ARG)
+        read = self._read(request, sender)
+        if read is None:
             return
+        q, cands = read
         try:
             scores = [RewardScore(s) for s in self._judges.map(lambda c: self._judge(q, c), cands)]
             sender.send(_response(scores), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
