@@ -91,7 +91,7 @@ bench-reward: warm
 
 # Simulated GPU fleets (1-8 replicas of the GPU preset), balanced per program against per request (about 19 minutes on 2 cores).
 bench-fleet-sim: setup
-	$(PY) -m benchmarks.bench_fleet_sim
+	$(PY) -m loadtest.fleet_scaling
 
 # N replicas behind HAProxy on this machine (docs/fleet.md).
 REPLICAS ?= 2

@@ -20,6 +20,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from serving.engine_host import ENGINE_METRICS
+
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "helm" / "dynasor"
 DASHBOARD = REPO / "deploy" / "grafana" / "dynasor-dashboard.json"
@@ -316,13 +318,18 @@ def test_gpu_values_take_one_gpu_per_replica_and_a_larger_model_from_models():
 # --- Grafana dashboard -----------------------------------------------------------------------------------------------
 
 def exported_metrics() -> set[str]:
-    """Metric names the server exports: the `_METRICS` tables of the Triton models, read from their
-    source (they import triton_python_backend_utils, so they are parsed, not imported)."""
+    """Metric names the server exports: the engine host's families (both vLLM models) and the
+    `_METRICS` tables of the Triton models, read from their source (they import
+    triton_python_backend_utils, so they are parsed, not imported)."""
     names: set[str] = set()
+    tables = [ENGINE_METRICS]
     for model in ("dynasor", "policy"):
         tree = ast.parse((REPO / "model_repository" / model / "1" / "model.py").read_text())
         (table,) = [n.value for n in tree.body if isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "_METRICS" for t in n.targets)]
-        for name, _help, kind in ast.literal_eval(table):
+        # A literal table, or the engine host's plus a literal (policy's): only that name is bound.
+        tables.append(eval(compile(ast.Expression(table), "_METRICS", "eval"), {"__builtins__": {}, "ENGINE_METRICS": ENGINE_METRICS}))
+    for table in tables:
+        for name, _help, kind in table:
             names |= {name + s for s in ("_bucket", "_sum", "_count")} if kind == "histogram" else {name}
     return names
 
