@@ -20,6 +20,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from scheduler_backend.reward_steps import check_settings
 from serving.engine_host import ENGINE_METRICS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,6 +44,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "autoscaled-pods-modeljson-text": {
         "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6},
         "policy": {"modelJson": '{"model": "qwen2.5-coder-0.5b", "max_num_seqs": 32}'},
+        "reward": {"modelJson": '{"mode": "orm", "engine": {"model": "/models/rm"}}'},
         "drain": {"graceSeconds": 45},
     },
     "autoscaled-external-monitors-hostpath": {
@@ -245,9 +247,9 @@ def test_prometheus_adapter_rules_serve_the_metric_the_hpa_asks_for():
 
 # --- policy model.json -----------------------------------------------------------------------------------------------
 
-def _model_json_mount(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+def _model_json_mount(docs: list[dict[str, Any]], model: str = "policy") -> tuple[dict[str, Any], dict[str, Any]] | None:
     c = container(docs)
-    mounts = [m for m in c.get("volumeMounts", []) if m["mountPath"].endswith("/policy/1/model.json")]
+    mounts = [m for m in c.get("volumeMounts", []) if m["mountPath"].endswith(f"/{model}/1/model.json")]
     if not mounts:
         return None
     (mount,) = mounts
@@ -276,6 +278,24 @@ def test_model_json_set_is_mounted_over_the_images_file(model_json):
     # A changed model.json rolls the pods (a subPath mount never updates in place).
     annotations = one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
     assert "checksum/policy-model-json" in annotations
+
+
+def test_reward_model_json_mounts_a_process_reward_model_beside_the_policys():
+    prm = json.loads((REPO / "deploy" / "reward" / "prm-qwen2.5-math-7b-gpu.json").read_text())
+    docs = render({"reward": {"modelJson": prm}, "policy": {"modelJson": {"model": "/models/Qwen2.5-7B-Instruct"}}})
+    maps = {d["metadata"]["name"].rsplit("-", 1)[1]: d for d in docs if d["kind"] == "ConfigMap"}
+    assert sorted(maps) == ["policy", "reward"]
+    served = json.loads(maps["reward"]["data"]["model.json"])
+    assert served == prm and check_settings(served).mode == "prm"
+    workdir, _ = _dockerfile()
+    for model in ("policy", "reward"):
+        mount, volume = _model_json_mount(docs, model)
+        assert mount["mountPath"] == f"{workdir}/model_repository/{model}/1/model.json"
+        assert volume["configMap"]["name"] == maps[model]["metadata"]["name"]
+    annotations = one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert {"checksum/policy-model-json", "checksum/reward-model-json"} <= set(annotations)
+    only_reward = render({"reward": {"modelJson": prm}})
+    assert _model_json_mount(only_reward, "policy") is None and _model_json_mount(only_reward, "reward") is not None
 
 
 def test_model_json_text_that_is_not_json_fails_to_render():

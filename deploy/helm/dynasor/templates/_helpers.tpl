@@ -55,17 +55,25 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- add (.Values.drain.graceSeconds | int) (.Values.drain.unloadSeconds | int) }}
 {{- end }}
 
-{{/* policy/1/model.json text when policy.modelJson is set (a map, or JSON text), else empty. */}}
+{{/* NAME/1/model.json text when NAME.modelJson is set (a map, or JSON text), else empty.
+     Called with (list $ "policy") or (list $ "reward"). */}}
 {{- define "dynasor.modelJson" -}}
-{{- with .Values.policy.modelJson }}
+{{- $root := index . 0 }}
+{{- $name := index . 1 }}
+{{- with (index $root.Values $name).modelJson }}
 {{- if kindIs "string" . }}
 {{- $parsed := fromJson . }}
 {{- if and (hasKey $parsed "Error") (eq (len $parsed) 1) }}
-{{- fail (printf "policy.modelJson is not a JSON object: %s" (get $parsed "Error")) }}
+{{- fail (printf "%s.modelJson is not a JSON object: %s" $name (get $parsed "Error")) }}
 {{- end }}
 {{- $parsed | toPrettyJson }}
 {{- else }}
 {{- . | toPrettyJson }}
 {{- end }}
 {{- end }}
+{{- end }}
+
+{{/* Whether any model.json is replaced. */}}
+{{- define "dynasor.anyModelJson" -}}
+{{- if or .Values.policy.modelJson .Values.reward.modelJson }}true{{- end }}
 {{- end }}
