@@ -201,13 +201,13 @@ class _ProgramUser(User):
             outcome = self.solve(problem)
         except Exception as e:  # any failure is this program's: recorded, reported, never raised into Locust
             error = f"{type(e).__name__}: {e}"
-        latency = time.monotonic() - start
+        latency, ended_at = time.monotonic() - start, time.time()
         at_rest = bool(problem.tests)  # graded at test stop (`_Run.ungraded`)
         record = ProgramRecord(user_class=type(self).__name__, latency_s=latency, deadline_s=self.deadline_s, answer=outcome.answer,
                                correct=False if at_rest else is_correct(problem, outcome.answer), tokens=outcome.tokens, error=error,
                                ended=outcome.ended,
                                grace_s=self.o.deadline_grace_s, question_id=problem.id, stop_reason=outcome.stop_reason,
-                               steps=outcome.steps, probed=outcome.probed, started_at=started_at, server=outcome.server,
+                               steps=outcome.steps, probed=outcome.probed, started_at=started_at, ended_at=ended_at, server=outcome.server,
                                floor=self.o.floor)
         if at_rest:
             _Run.ungraded[len(_Run.records)] = problem

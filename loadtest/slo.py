@@ -71,6 +71,8 @@ class ProgramRecord:
     steps: int = 0  # samples the answer was voted from
     probed: int = 0  # of them, answers probed out of unfinished samples at the deadline
     started_at: float = 0.0  # wall clock when the client sent it: with the server's stamps, where the time went
+    ended_at: float = 0.0  # wall clock when the client had its answer (the same clock as the server's stamps,
+    # which started_at + latency_s, a monotonic span, is not if the wall clock is adjusted meanwhile)
     server: dict[str, Any] | None = None  # the server's final progress details (dynasor only)
     floor: int = 0  # the quality floor the test holds answers to (knob units)
 
