@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_slo import _policy_tokens
+from benchmarks.bench_slo import policy_tokens
 from client.dynasor_client import DynasorClient
 from engines.engine_settings import cpu_model
 from scheduler_backend.datasets import load
@@ -51,7 +51,7 @@ def _locust(fleet: Fleet, args: argparse.Namespace, out: Path) -> subprocess.Pop
 
 def _timed(url: str, prompt: str, sampling: dict[str, Any], t0: float) -> tuple[int, float]:
     """(output tokens, seconds from `t0` to its end) of one `policy` request."""
-    tokens, _ = _policy_tokens(url, prompt, sampling)
+    tokens, _ = policy_tokens(url, prompt, sampling)
     return tokens, time.perf_counter() - t0
 
 
@@ -66,8 +66,8 @@ def calibrate(args: argparse.Namespace, levels: list[int], max_tokens: int = 96)
         urls = [r.grpc_url for r in fleet.replicas]
         prompt = load("gsm8k", "test", 1)[0].question
         for url in urls:
-            _policy_tokens(url, prompt, {"max_tokens": 4})  # warm up
-        ttft = min(_policy_tokens(urls[0], prompt, {"max_tokens": 1})[1] for _ in range(3))
+            policy_tokens(url, prompt, {"max_tokens": 4})  # warm up
+        ttft = min(policy_tokens(urls[0], prompt, {"max_tokens": 1})[1] for _ in range(3))
         points = []
         for seqs in levels:
             n = min(seqs, 8)

@@ -42,7 +42,7 @@ def _floats(text: str) -> list[float]:
     return values
 
 
-def _policy_tokens(url: str, prompt: str, sampling: dict[str, Any]) -> tuple[int, float]:
+def policy_tokens(url: str, prompt: str, sampling: dict[str, Any]) -> tuple[int, float]:
     """(output tokens, seconds to the first response) of one streamed `policy` request."""
     t0 = time.perf_counter()
     first = 0.0
@@ -58,8 +58,8 @@ def calibrate_engine(url: str, prompt: str, levels: list[int], max_tokens: int) 
     """Tokens/s at each count of sequences in flight (requests of n=8 samples, as programs send,
     fixed length via ignore_eos; the better of two tries, since anything else running on the
     host only ever slows it), and the first-token time of `prompt` alone (its prefill)."""
-    _policy_tokens(url, prompt, {"max_tokens": 4})  # warm up
-    ttft = min(_policy_tokens(url, prompt, {"max_tokens": 1})[1] for _ in range(3))
+    policy_tokens(url, prompt, {"max_tokens": 4})  # warm up
+    ttft = min(policy_tokens(url, prompt, {"max_tokens": 1})[1] for _ in range(3))
     points = []
     for seqs in tqdm(levels, desc="engine calibration", unit="level"):
         n = min(seqs, 8)
@@ -69,7 +69,7 @@ def calibrate_engine(url: str, prompt: str, levels: list[int], max_tokens: int) 
         for _ in range(2):
             with ThreadPoolExecutor(requests) as pool:
                 t0 = time.perf_counter()
-                tokens = sum(t for t, _ in pool.map(_policy_tokens, [url] * requests, [prompt] * requests, [sampling] * requests))
+                tokens = sum(t for t, _ in pool.map(policy_tokens, [url] * requests, [prompt] * requests, [sampling] * requests))
                 best = max(best, tokens / (time.perf_counter() - t0))
         points.append({"sequences": n * requests, "tokens_per_s": best})
     return {"points": points, "ttft_s": ttft, "prompt_chars": len(prompt), "max_tokens": max_tokens}
