@@ -20,16 +20,17 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from client.dynasor_client import aio_stream
 from engines.engine_settings import cpu_model, preload_libraries, settings_for_this_machine
-from engines.grpc_stream import StreamCall, as_input
+from engines.grpc_stream import StreamCall
 from serving.launcher import start_server
 from serving.model_config import policy_engine_args
 
@@ -48,20 +49,12 @@ async def _aio_level(url: str, texts: list[str], sampling: str) -> int:
     client = aio.InferenceServerClient(url)
 
     async def one(prompt: str) -> int:
-        async def request():  # type: ignore[no-untyped-def]
-            yield {"model_name": "policy", "inputs": [as_input("text_input", prompt), as_input("sampling_parameters", sampling)],
-                   "request_id": uuid.uuid4().hex, "enable_empty_final_response": True}
-
         tokens = 0
-        async for result, error in client.stream_infer(request()):
-            if error is not None:
-                raise RuntimeError(str(error))
-            response = result.get_response()
-            if any(o.name == "num_output_tokens" for o in response.outputs):
-                tokens += int(result.as_numpy("num_output_tokens").sum())
-            final = response.parameters.get("triton_final_response")
-            if final is not None and final.bool_param:
-                break
+        inputs = {"text_input": prompt, "sampling_parameters": sampling}
+        async with aclosing(aio_stream(url, "policy", inputs, client=client)) as responses:
+            async for outputs in responses:
+                if "num_output_tokens" in outputs:
+                    tokens += int(outputs["num_output_tokens"].sum())
         return tokens
 
     try:

@@ -218,13 +218,16 @@ def _http_error(body: str) -> str:
 
 
 async def aio_stream(url: str, model: str, inputs: Mapping[str, Any], parameters: Mapping[str, Any] | None = None,
-                     timeout_s: float = 900.0) -> AsyncGenerator[dict[str, Any], None]:
+                     timeout_s: float = 900.0, client: Any = None) -> AsyncGenerator[dict[str, Any], None]:
     """One decoupled gRPC stream through tritonclient.grpc.aio: each response's outputs by name,
     until the final flag. An error response raises ProgramError with its message. Closing the
-    iterator early closes the stream, which cancels the request on the server."""
+    iterator early closes the stream, which cancels the request on the server. `client`: an open
+    `InferenceServerClient` to share (many streams on one channel; the caller closes it), else one
+    of its own for this stream."""
     import tritonclient.grpc.aio as aio
 
-    client = aio.InferenceServerClient(url)
+    own = client is None
+    client = aio.InferenceServerClient(url) if own else client
 
     async def requests():
         yield {"model_name": model, "inputs": [as_input(k, v) for k, v in inputs.items()], "request_id": uuid.uuid4().hex,
@@ -241,7 +244,8 @@ async def aio_stream(url: str, model: str, inputs: Mapping[str, Any], parameters
             if final is not None and final.bool_param:
                 break
     finally:
-        await client.close()
+        if own:
+            await client.close()
 
 
 class AsyncDynasorClient(_Connection):

@@ -62,7 +62,8 @@ class PoolingReward:
         self.engine = engine
         self.tokenizer = tokenizer
         self.max_model_len = int(engine.model_config.max_model_len)
-        self.step_tag_id = _one_token(tokenizer, settings.step_tag, "step_tag") if settings.step_tag else -1
+        # A prm always has a tag (check_settings); an orm reads no steps.
+        self.step_tag_id = _one_token(tokenizer, settings.step_tag, "step_tag") if settings.step_tag else None
         self._task: Literal["classify", "token_classify"] | None = None
 
     async def _pooling_task(self) -> Literal["classify", "token_classify"]:
@@ -82,10 +83,13 @@ class PoolingReward:
             head, tail = self.settings.template.format(question=question, steps=""), ""
         if self.settings.mode == "orm":
             return self._ids(head + candidate + tail, True), 0
+        tag = self.step_tag_id
+        if tag is None:
+            raise RewardSettingsError("model.json: step_tag: a process reward model needs the tag after which each step is scored")
         steps = split_steps(candidate, self.settings.step_separator, self.settings.max_steps)
         ids = self._ids(head, True)
         for i, step in enumerate(steps):
-            ids += self._ids(step if i == 0 else self.settings.step_joiner + step, not ids) + [self.step_tag_id]
+            ids += self._ids(step if i == 0 else self.settings.step_joiner + step, not ids) + [tag]
         return ids + self._ids(tail, False), len(steps)
 
     def _probability(self, row: Any) -> float:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import time
 
+import psutil
+
 from serving.launcher import TritonServer
 
 
@@ -29,3 +31,22 @@ def wait_for(predicate, timeout_s: float, interval_s: float = 0.1):
             return value
         time.sleep(interval_s)
     return predicate()
+
+
+def command_line(p: psutil.Process) -> str:
+    """The command line, or "" for a process already gone or a zombie (an engine just killed)."""
+    try:
+        return " ".join(p.cmdline() or [p.name()])
+    except psutil.NoSuchProcess:
+        return ""
+
+
+def engine_cores(srv: TritonServer, model: str | None = None) -> list[psutil.Process]:
+    """The vLLM EngineCore processes under the server; with `model`, only the one its stub started."""
+    def served_by_model(p: psutil.Process) -> bool:
+        try:
+            return any(f"/{model}/1/model.py" in command_line(a) for a in p.parents())
+        except psutil.NoSuchProcess:
+            return False
+
+    return [p for p in srv.descendants() if "EngineCore" in command_line(p) and (model is None or served_by_model(p))]

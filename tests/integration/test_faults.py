@@ -17,7 +17,7 @@ from client.dynasor_client import DynasorClient, ProgramError
 from engines.grpc_stream import StreamCall, StreamError
 from serving.launcher import start_server
 from tests.conftest import TEST_MODEL
-from tests.integration.helpers import metric_values, wait_for
+from tests.integration.helpers import command_line, engine_cores, metric_values, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -194,7 +194,7 @@ def test_programs_per_client_are_limited_by_parameter_and_by_header(server):
 
 @pytest.mark.destructive
 def test_during_an_engine_restart_requests_fail_at_once_and_readiness_returns(server):
-    (core,) = _engines(server)
+    (core,) = engine_cores(server)
     core.kill()
     answers = []
     t0 = time.monotonic()
@@ -218,16 +218,6 @@ def test_during_an_engine_restart_requests_fail_at_once_and_readiness_returns(se
     assert done and done[-1].final
 
 
-def _cmd(p: psutil.Process) -> str:
-    """The command line, or "" for a process already gone or a zombie (an engine just killed)."""
-    try:
-        return " ".join(p.cmdline() or [p.name()])
-    except psutil.NoSuchProcess:
-        return ""
-
-
-def _engines(srv) -> list[psutil.Process]:
-    return [p for p in srv.descendants() if "EngineCore" in _cmd(p)]
 
 
 def _tree(srv) -> list[psutil.Process]:
@@ -252,13 +242,13 @@ def test_nothing_outlives_a_sigkilled_server(restart_first):
     try:
         srv.wait_ready(timeout_s=600)
         if restart_first:
-            (core,) = _engines(srv)
+            (core,) = engine_cores(srv)
             core.kill()
-            rebuilt = wait_for(lambda: [p for p in _engines(srv) if p.pid != core.pid], timeout_s=300, interval_s=1)
+            rebuilt = wait_for(lambda: [p for p in engine_cores(srv) if p.pid != core.pid], timeout_s=300, interval_s=1)
             assert rebuilt, "no engine was rebuilt"
             time.sleep(2)
         tree = _tree(srv)
-        assert any("EngineCore" in _cmd(p) for p in tree) and any("serving.reaper" in _cmd(p) for p in tree)
+        assert any("EngineCore" in command_line(p) for p in tree) and any("serving.reaper" in command_line(p) for p in tree)
         srv.process.send_signal(signal.SIGKILL)
         srv.process.wait()
         left = wait_for(lambda: not _alive(tree), timeout_s=10, interval_s=0.5)

@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from engines.grpc_stream import StreamCall, StreamError
-from tests.integration.helpers import metric_values, wait_for
+from tests.integration.helpers import engine_cores, metric_values, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -155,7 +155,7 @@ def test_seeded_request_in_a_busy_shared_prefix_batch_does_not_kill_the_engine(s
 
 
 def engine_core_pids(server) -> list[int]:
-    return [p.pid for p in server.descendants() if "EngineCore" in " ".join(p.cmdline() or [p.name()])]
+    return [p.pid for p in engine_cores(server)]
 
 
 @pytest.mark.destructive

@@ -9,14 +9,13 @@ import math
 import time
 
 import numpy as np
-import psutil
 import pytest
 
 from client.dynasor_client import DynasorClient
 from engines.grpc_stream import StreamCall, StreamError
 from serving.launcher import MODELS_DIR, REPO_ROOT, start_server
 from tests.conftest import TEST_MODEL
-from tests.integration.helpers import metric_values, ready_or_stopped, wait_for
+from tests.integration.helpers import engine_cores, metric_values, ready_or_stopped, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -79,20 +78,8 @@ def test_a_candidate_too_long_for_the_reward_model_names_the_field(prm_server):
     assert _score(prm_server, Q, ["The answer is 8."])["num_steps"].tolist() == [1], "the server kept serving"
 
 
-def _reward_engine(srv) -> list[psutil.Process]:
-    """The EngineCore the `reward` stub started (the policy's has the other stub above it)."""
-    found = []
-    for p in srv.descendants():
-        try:
-            if "EngineCore" in " ".join(p.cmdline() or [p.name()]) and any("reward/1/model.py" in " ".join(a.cmdline()) for a in p.parents()):
-                found.append(p)
-        except psutil.NoSuchProcess:
-            continue
-    return found
-
-
 def test_a_dead_reward_engine_fails_requests_at_once_and_is_rebuilt(prm_server):
-    (core,) = _reward_engine(prm_server)
+    (core,) = engine_cores(prm_server, "reward")
     core.kill()
     errors = []
     deadline = time.monotonic() + 3
@@ -107,7 +94,7 @@ def test_a_dead_reward_engine_fails_requests_at_once_and_is_rebuilt(prm_server):
     assert wait_for(lambda: _reward_metric(prm_server, "dynasor_engine_ready") == 1, timeout_s=300, interval_s=1)
     assert _reward_metric(prm_server, "dynasor_engine_deaths_total") >= 1
     assert _score(prm_server, Q, ["3 + 5 = 8.", "The answer is 8."])["num_steps"].tolist() == [1, 1]
-    (new_core,) = _reward_engine(prm_server)
+    (new_core,) = engine_cores(prm_server, "reward")
     assert new_core.pid != core.pid
 
 
