@@ -22,17 +22,18 @@ pytestmark = pytest.mark.integration
 
 Q = "Tom has 3 apples and buys 5 more. How many apples does he have now?"
 SHORT = {"budget": 4, "round_size": 4, "max_tokens": 48}
-# Rounds of two samples, never settled: it runs far past any grace period used here.
-LONG = {"budget": 32, "round_size": 2, "max_tokens": 256, "settle_threshold": 1.0, "temperature": 1.0}
+# Rounds of two short samples, never settled: a round ends within seconds even on a slow CPU, and
+# the program runs far past any grace period used here.
+LONG = {"budget": 64, "round_size": 2, "max_tokens": 96, "settle_threshold": 1.0, "temperature": 1.0}
 
 
 def _gauge(srv: TritonServer, name: str) -> float:
     return sum(metric_values(srv, name).values())
 
 
-def _run(client: DynasorClient, options: dict, out: dict, key: str) -> None:
+def _run(client: DynasorClient, options: dict, out: dict, key: str, seen: list | None = None) -> None:
     try:
-        out[key] = client.solve(Q, "self-consistency", options)
+        out[key] = client.solve(Q, "self-consistency", options, on_progress=seen.append if seen is not None else None)
     except ProgramError as e:
         out[key] = e
 
@@ -47,10 +48,14 @@ def test_a_drained_replica_refuses_new_programs_finishes_the_rest_and_stops_the_
         srv.wait_ready(timeout_s=600)
         client = DynasorClient(srv.grpc_url)
         results: dict = {}
-        programs = [threading.Thread(target=_run, args=(client, SHORT, results, "short")),
-                    threading.Thread(target=_run, args=(client, LONG, results, "long"))]
-        for t in programs:
-            t.start()
+        long_progress: list = []
+        programs = [threading.Thread(target=_run, args=(client, LONG, results, "long", long_progress)),
+                    threading.Thread(target=_run, args=(client, SHORT, results, "short"))]
+        # The long program has an answer to be stopped with (a finished round) before the drain
+        # begins, however slow the machine; the short one is sent next and runs through the drain.
+        programs[0].start()
+        assert wait_for(lambda: any(p.steps >= 1 for p in long_progress), 120), "the long program finished no round"
+        programs[1].start()
         assert wait_for(lambda: _gauge(srv, "dynasor_programs_running") >= 2, 30), "the two programs never ran"
         assert wait_for(lambda: _gauge(srv, "dynasor_predicted_remaining_tokens") > 0, 5)
         assert wait_for(lambda: _gauge(srv, "dynasor_engine_tokens_per_second") > 0, 10)
