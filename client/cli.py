@@ -104,6 +104,15 @@ def _drain(url: str, grace_s: float) -> None:
         print(f"dynasor: drain failed ({e}); stopping anyway", file=sys.stderr, flush=True)
 
 
+def _ready(args: argparse.Namespace) -> int:
+    """`dynasor ready`: a Kubernetes exec readiness probe; the reasons go where kubelet shows them."""
+    from client.readiness import not_ready_reasons
+
+    reasons = not_ready_reasons(args.http, args.metrics, args.timeout)
+    print("; ".join(reasons) if reasons else "ready", file=sys.stderr if reasons else sys.stdout)
+    return 1 if reasons else 0
+
+
 def _drain_command(args: argparse.Namespace) -> int:
     """`dynasor drain`: what a Kubernetes preStop hook runs; returns once the server is drained."""
     from client.dynasor_client import DynasorClient, ProgramError
@@ -257,6 +266,11 @@ def main(argv: list[str] | None = None) -> int:
     drain.add_argument("--grace", type=float, default=30.0, help="seconds before programs still running stop with their best answers")
     drain.add_argument("--quiet", "-q", action="store_true")
 
+    ready = sub.add_parser("ready", help="exit 0 only if the server, its engines and `dynasor` admit programs (a readiness probe)")
+    ready.add_argument("--http", default="127.0.0.1:8000", help="host:port of Triton's HTTP endpoint")
+    ready.add_argument("--metrics", default="127.0.0.1:8002", help="host:port of Triton's metrics endpoint")
+    ready.add_argument("--timeout", type=float, default=3.0, help="seconds per HTTP request")
+
     ask = sub.add_parser("ask", help="run one reasoning program and show its progress")
     ask.add_argument("question")
     ask.add_argument("--quiet", "-q", action="store_true", help="print the answer only (for scripts)")
@@ -301,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "drain":
         return _drain_command(args)
+    if args.command == "ready":
+        return _ready(args)
     if args.command == "fleet":
         return _fleet(args)
     return _ask(args) if args.command == "ask" else _solve(args)

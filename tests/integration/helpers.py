@@ -1,11 +1,13 @@
 """Polling helpers shared by the integration tests."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import psutil
 
-from serving.launcher import TritonServer
+from serving.launcher import REPO_ROOT, TritonServer
 
 
 def metric_values(srv: TritonServer, name: str) -> dict[str, float]:
@@ -50,3 +52,11 @@ def engine_cores(srv: TritonServer, model: str | None = None) -> list[psutil.Pro
             return False
 
     return [p for p in srv.descendants() if "EngineCore" in command_line(p) and (model is None or served_by_model(p))]
+
+
+def readiness_probe(srv: TritonServer) -> tuple[int, str]:
+    """`dynasor ready` against the server, run as kubelet runs an exec probe: exit code and output."""
+    done = subprocess.run([sys.executable, "-m", "client.cli", "ready", "--http", srv.http_url,
+                           "--metrics", f"127.0.0.1:{srv.metrics_port}"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    return done.returncode, (done.stdout + done.stderr).strip()

@@ -16,7 +16,7 @@ import pytest
 from client.dynasor_client import DynasorClient, ProgramError
 from serving.launcher import REPO_ROOT, TritonServer, free_port, start_server
 from tests.conftest import TEST_MODEL
-from tests.integration.helpers import metric_values, wait_for
+from tests.integration.helpers import metric_values, readiness_probe, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -60,6 +60,7 @@ def test_a_drained_replica_refuses_new_programs_finishes_the_rest_and_stops_the_
         assert wait_for(lambda: _gauge(srv, "dynasor_predicted_remaining_tokens") > 0, 5)
         assert wait_for(lambda: _gauge(srv, "dynasor_engine_tokens_per_second") > 0, 10)
         assert _gauge(srv, "dynasor_draining") == 0
+        assert readiness_probe(srv) == (0, "ready")
 
         grace = 8.0
         progress: list = []
@@ -75,6 +76,9 @@ def test_a_drained_replica_refuses_new_programs_finishes_the_rest_and_stops_the_
         with pytest.raises(ProgramError, match="server draining: this replica admits no new programs"):
             client.solve(Q, "self-consistency", SHORT)
         assert time.monotonic() - t_new < 2, "a refusal while draining must come at once"
+        # Kubernetes' readiness probe takes the pod out of its Services while it drains.
+        code, said = readiness_probe(srv)
+        assert code == 1 and "draining" in said, said
         # The client library's resubmission: a program refused UNAVAILABLE before it streamed
         # anything is sent again (behind a proxy, to another replica); here every try meets the drain.
         refused = sum(v for k, v in metric_values(srv, "dynasor_refusals_total").items() if 'cause="draining"' in k)

@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from engines.grpc_stream import StreamCall, StreamError
-from tests.integration.helpers import engine_cores, metric_values, wait_for
+from tests.integration.helpers import engine_cores, metric_values, readiness_probe, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -180,6 +180,9 @@ def test_killing_the_engine_fails_in_flight_requests_clearly_and_the_server_reco
     live = wait_for(lambda: server.process.poll() is None, timeout_s=1)
     assert live, "tritonserver died with its engine"
     assert sum(metric_values(server, "dynasor_engine_deaths_total").values()) >= 1
+    # Triton's /v2/health/ready stays 200 through the rebuild; the readiness probe does not.
+    rebuilding = wait_for(lambda: "policy's vLLM engine is being rebuilt" in (r := readiness_probe(server))[1] and r, 20, 0.5)
+    assert rebuilding and rebuilding[0] == 1, rebuilding
 
     def recovered():
         try:
@@ -188,6 +191,7 @@ def test_killing_the_engine_fails_in_flight_requests_clearly_and_the_server_reco
             return False
 
     assert wait_for(recovered, timeout_s=300, interval_s=3), "policy did not come back after its engine died"
+    assert wait_for(lambda: readiness_probe(server) == (0, "ready"), 10, 0.5), readiness_probe(server)
     new_pids = engine_core_pids(server)
     assert len(new_pids) == 1 and new_pids[0] != pids[0]
     assert not psutil.pid_exists(pids[0]) or psutil.Process(pids[0]).status() == psutil.STATUS_ZOMBIE

@@ -20,8 +20,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from client.cli import main as cli_main
 from scheduler_backend.reward_steps import check_settings
 from serving.engine_host import ENGINE_METRICS
+from serving.launcher import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "helm" / "dynasor"
@@ -180,10 +182,29 @@ def test_prestop_drains_with_the_grace_and_the_pod_outlives_it(grace):
 
 # --- health ----------------------------------------------------------------------------------------------------------
 
-def test_probes_are_tritons_health_endpoints_on_the_http_port():
+def test_readiness_is_dynasor_ready_on_the_containers_own_http_and_metrics_ports():
+    """Triton's /v2/health/ready stays 200 while draining and while an engine is rebuilt, so the
+    readiness probe is `dynasor ready`, pointed at the ports the container serves."""
     c = container(render())
-    assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
-    assert container_port(c, c["readinessProbe"]["httpGet"]["port"]) == 8000
+    probe = c["readinessProbe"]
+    assert "httpGet" not in probe
+    command = probe["exec"]["command"]
+    workdir, _ = _dockerfile()
+    assert command[0] == f"{workdir}/.venv/bin/dynasor" and command[1] == "ready"
+    for flag, port in (("--http", "http"), ("--metrics", "metrics")):
+        host, number = command[command.index(flag) + 1].rsplit(":", 1)
+        assert host == "127.0.0.1" and int(number) == container_port(c, port)
+    assert probe["timeoutSeconds"] >= 5, "an exec probe starts Python; kubelet's default 1 s is too short"
+    # Every flag it gives is one `dynasor ready` knows: pointed at a closed port, it answers "not
+    # ready" (1), not an argparse error (2).
+    closed = f"127.0.0.1:{free_port()}"
+    args = [*command[1:]]
+    args[args.index("--http") + 1] = args[args.index("--metrics") + 1] = closed
+    assert cli_main(args) == 1
+
+
+def test_startup_and_liveness_are_tritons_health_endpoints_on_the_http_port():
+    c = container(render())
     assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert container_port(c, c["livenessProbe"]["httpGet"]["port"]) == 8000
     startup = c["startupProbe"]
