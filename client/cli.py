@@ -27,6 +27,7 @@ def _serve(args: argparse.Namespace, extra: list[str]) -> int:
         extra_args=extra,
         engine_overrides=_engine_args(args.engine_arg),
         reward_settings=json.loads(Path(args.reward).read_text()) if args.reward else None,
+        agent_port=args.agent_port,
     )
     stop = threading.Event()
     ready = False
@@ -245,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--grpc-port", type=int, default=8001)
     serve.add_argument("--metrics-port", type=int, default=8002)
     serve.add_argument("--ready-timeout", type=float, default=600.0)
+    serve.add_argument("--agent-port", type=int, default=0,
+                       help="serve HAProxy's agent check on this port: drain state and a weight from the predicted backlog (0: not)")
     serve.add_argument("--openai-port", type=int, default=0, help="also serve the OpenAI-compatible API on this port (0: not)")
     serve.add_argument("--drain-grace", type=float, default=30.0,
                        help="on Ctrl-C/SIGTERM, seconds programs in flight get to finish before they stop with their best answers (0: none)")

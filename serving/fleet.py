@@ -3,7 +3,7 @@
 Each replica is a whole server (`start_server`: dynasor + policy + reward on free ports); HAProxy,
 the distribution's, balances every program stream on its own over them with the configuration in
 deploy/haproxy/haproxy.cfg.in (least streams served, draining replicas taken out by their
-metrics). Nothing here balances or places anything itself: a production fleet is the same
+metrics, weighted by each replica's predicted backlog through HAProxy's agent check). Nothing here balances or places anything itself: a production fleet is the same
 replicas under Kubernetes behind the same proxy (deploy/)."""
 from __future__ import annotations
 
@@ -24,9 +24,14 @@ HAPROXY_TEMPLATE = REPO_ROOT / "deploy" / "haproxy" / "haproxy.cfg.in"
 
 
 def haproxy_config(replicas: list[TritonServer], grpc_port: int, http_port: int, stats_port: int, address: str = "127.0.0.1") -> str:
-    """The shipped HAProxy configuration with one server line per replica in each backend."""
-    grpc = "\n".join(f"    server r{i} 127.0.0.1:{r.grpc_port} proto h2 check port {r.metrics_port} check-proto h1" for i, r in enumerate(replicas, 1))
-    http = "\n".join(f"    server r{i} 127.0.0.1:{r.http_port} check port {r.metrics_port}" for i, r in enumerate(replicas, 1))
+    """The shipped HAProxy configuration with one server line per replica in each backend (and
+    the replica's agent check where it serves one)."""
+    def agent(r: TritonServer) -> str:
+        return f" agent-check agent-port {r.agent_port}" if r.agent_port else ""
+
+    grpc = "\n".join(f"    server r{i} 127.0.0.1:{r.grpc_port} proto h2 check port {r.metrics_port} check-proto h1{agent(r)}"
+                     for i, r in enumerate(replicas, 1))
+    http = "\n".join(f"    server r{i} 127.0.0.1:{r.http_port} check port {r.metrics_port}{agent(r)}" for i, r in enumerate(replicas, 1))
     return HAPROXY_TEMPLATE.read_text().format(address=address, grpc_port=grpc_port, http_port=http_port, stats_port=stats_port,
                                                grpc_servers=grpc, http_servers=http)
 
@@ -98,7 +103,7 @@ def start_fleet(replicas: int, policy_model: str | None = None, grpc_port: int |
     servers: list[TritonServer] = []
     try:
         for i in range(replicas):
-            servers.append(start_server(policy_model=policy_model, run_dir=run_dir / f"replica{i + 1}", **server_kw))
+            servers.append(start_server(policy_model=policy_model, run_dir=run_dir / f"replica{i + 1}", agent_port=free_port(), **server_kw))
         grpc_port, http_port, stats_port = grpc_port or free_port(), http_port or free_port(), stats_port or free_port()
         config = run_dir / "haproxy.cfg"
         config.write_text(haproxy_config(servers, grpc_port, http_port, stats_port, address))

@@ -128,6 +128,7 @@ class TritonServer:
     run_dir: Path
     log_path: Path
     engine_settings: str = ""  # what the policy engine was given for this machine, in words
+    agent_port: int = 0  # HAProxy's agent check (serving/agent_check.py); 0: none
     _known_pids: set[int] = field(default_factory=set)
 
     @property
@@ -238,6 +239,7 @@ def start_server(
     engine_overrides: dict | None = None,
     dynasor_parameters: dict[str, str] | None = None,
     reward_settings: dict | None = None,
+    agent_port: int = 0,
 ) -> TritonServer:
     """Start tritonserver on a copy of the model repository (so a chosen model, engine override or
     `reward` model.json, e.g. deploy/reward/*.json, never edits the checked-in files); returns
@@ -265,7 +267,8 @@ def start_server(
     grpc_port = grpc_port or free_port()
     local = "127.0.0.1" if address in ("0.0.0.0", "127.0.0.1") else address
     if (repo / "dynasor" / "config.pbtxt").is_file():
-        _set_parameters(repo / "dynasor" / "config.pbtxt", {"policy_grpc_url": f"{local}:{grpc_port}", **(dynasor_parameters or {})})
+        agent = {"agent_port": str(agent_port), "agent_address": address} if agent_port else {}
+        _set_parameters(repo / "dynasor" / "config.pbtxt", {"policy_grpc_url": f"{local}:{grpc_port}", **agent, **(dynasor_parameters or {})})
     metrics_port = metrics_port or free_port()
     log_path = run_dir / "tritonserver.log"
     cmd = [
@@ -289,7 +292,7 @@ def start_server(
     log = open(log_path, "ab")
     process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=server_env(), start_new_session=True, cwd=run_dir)
     log.close()
-    return TritonServer(process, http_port, grpc_port, metrics_port, run_dir, log_path, engine_settings)
+    return TritonServer(process, http_port, grpc_port, metrics_port, run_dir, log_path, engine_settings, agent_port)
 
 
 @dataclass

@@ -1,11 +1,14 @@
 """Two real replicas behind the real HAProxy (the distribution's, configured from
 deploy/haproxy/haproxy.cfg.in): programs from one client connection spread over both; a replica
 SIGKILLed mid-program fails its programs at the client within 2 s and later ones run on the
-survivor; a drained replica finishes what it runs and leaves the proxy's rotation."""
+survivor; a drained replica finishes what it runs and leaves the proxy's rotation. Through its
+agent check a replica's weight at the proxy falls while it has predicted work; a replica whose
+engine is being rebuilt is out of the rotation until it serves again."""
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +18,7 @@ import pytest
 from client.dynasor_client import DynasorClient, ProgramError
 from serving.fleet import start_fleet
 from tests.conftest import TEST_MODEL
-from tests.integration.helpers import metric_values, wait_for
+from tests.integration.helpers import engine_cores, metric_values, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -32,6 +35,17 @@ def _served(replica) -> float:
 
 def _running(replica) -> float:
     return sum(metric_values(replica, "dynasor_programs_in_flight").values())
+
+
+def _agent_line(replica) -> str:
+    """What HAProxy's agent check reads from the replica."""
+    with socket.create_connection(("127.0.0.1", replica.agent_port), timeout=5) as conn:
+        return conn.makefile().read()
+
+
+def _weights(fleet) -> dict[str, int]:
+    """Each replica's weight at the proxy now (gRPC backend), by server name."""
+    return {row["svname"]: int(row["weight"]) for row in fleet.proxy_stats()}
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +68,32 @@ def test_programs_from_one_connection_spread_over_both_replicas(fleet):
     assert sum(per_replica) == 8 and min(per_replica) >= 2, per_replica
     http = DynasorClient(fleet.http_url, protocol="http")
     assert http.solve(Q, "self-consistency", SHORT).final
+
+
+def test_the_proxy_weights_a_replica_down_while_it_has_predicted_work(fleet):
+    busy, idle = fleet.replicas
+    assert wait_for(lambda: _weights(fleet) == {"r1": 100, "r2": 100}, 10), _weights(fleet)
+    assert _agent_line(busy) == "ready up 100%\n"
+    result: dict = {}
+    # Straight to r1, past the proxy: a program that never settles, ended by its deadline.
+    program = threading.Thread(target=lambda: result.update(p=DynasorClient(busy.grpc_url).solve(Q, "self-consistency", LONG)))
+    program.start()
+    lowered = wait_for(lambda: (w := _weights(fleet))["r1"] < 100 and w, 10)
+    assert lowered and lowered["r2"] == 100, lowered
+    line = _agent_line(busy)
+    assert line.startswith("ready up ") and int(line.split()[-1].rstrip("%")) < 100, line
+    program.join(timeout=60)
+    assert result["p"].final
+    assert wait_for(lambda: _weights(fleet)["r1"] == 100, 10), "the weight comes back once the work is done"
+
+
+def test_a_replica_rebuilding_its_engine_is_out_of_the_rotation_until_it_serves(fleet):
+    replica = fleet.replicas[0]
+    (core,) = engine_cores(replica, "policy")
+    core.kill()
+    assert wait_for(lambda: fleet.in_service() == 1, 10), "a replica whose engine is down fails the proxy's check"
+    assert wait_for(lambda: fleet.in_service() == 2, 300, 1.0), "back in the rotation once its engine serves again"
+    assert DynasorClient(replica.grpc_url).solve(Q, "self-consistency", SHORT).final
 
 
 def test_a_sigkilled_replica_fails_its_programs_within_2s_and_later_ones_run_on_the_survivor(fleet):
@@ -97,6 +137,7 @@ def test_a_drained_replica_finishes_its_programs_and_leaves_the_rotation(fleet):
     program.join(timeout=60)
     assert drained.details["programs_in_flight"] == 0
     assert result["p"].final and result["p"].stop_reason != "drained", "the program in flight finished on its own"
+    assert _agent_line(survivor) == "drain\n"
     assert wait_for(lambda: fleet.in_service() == 0, 5), "a draining replica fails the proxy's check"
     t0 = time.monotonic()
     with pytest.raises(ProgramError):

@@ -30,6 +30,7 @@ from scheduler_backend.registry import Limits, load_plugins  # noqa: E402
 from scheduler_backend.runner import ProgramRunner  # noqa: E402
 from scheduler_backend.sandbox import default_sandbox  # noqa: E402
 from scheduler_backend.scheduler import Scheduler, SchedulingPolicy  # noqa: E402
+from serving.agent_check import agent_reply, agent_settings, backlog_weight, serve_agent  # noqa: E402
 from serving.door_json import dump_json, parse_json  # noqa: E402
 from serving.reaper import start_reaper  # noqa: E402
 from serving.triton_model import Metrics, parameters, scalar_input, send_error, text  # noqa: E402
@@ -111,6 +112,27 @@ class TritonPythonModel:
         self._thread.start()
         self._tasks: set = set()
         asyncio.run_coroutine_threadsafe(self._export_load(), self._loop)
+        self._start_agent(p)
+
+    def _start_agent(self, p: dict) -> None:
+        """HAProxy's agent check on `agent_port`: "drain" while draining, else a weight from the
+        predicted backlog (serving/agent_check.py)."""
+        try:
+            agent = agent_settings(p)
+        except ValueError as e:
+            raise pb_utils.TritonModelException(str(e)) from None
+        if agent is None:
+            return
+
+        def reply() -> str:
+            weight = backlog_weight(self.runner.scheduler.total_work(), self.runner.throughput.rate, agent.horizon_s)
+            return agent_reply(self._drain_end is not None, weight)
+
+        try:
+            asyncio.run_coroutine_threadsafe(serve_agent(agent.address, agent.port, reply), self._loop).result(timeout=10)
+        except OSError as e:
+            raise pb_utils.TritonModelException(f"parameters.agent_port: cannot listen on {agent.address}:{agent.port}: {e}") from None
+        self.logger.log_info(f"[dynasor] HAProxy agent check on {agent.address}:{agent.port}")
 
     async def _export_load(self) -> None:
         """A replica's load for a balancer and an autoscaler, once a second: programs running and
