@@ -444,7 +444,7 @@ def test_dashboard_promql_names_only_exported_metrics_and_shows_each_asked_for()
         names = promql_metrics(expr)
         assert names, expr
         assert names <= exported, f"{expr}: {names - exported} not exported by the server"
-        assert promql_group_labels(expr) <= {"pod", "namespace", "program", "stop_reason", "outcome", "cause", "le"}, expr
+        assert promql_group_labels(expr) <= {"pod", "namespace", "model", "program", "stop_reason", "outcome", "cause", "le"}, expr
         used |= names
     wanted = {"dynasor_programs_in_flight", "dynasor_programs_running", "dynasor_programs_queued", METRIC,
               "dynasor_engine_tokens_per_second", "dynasor_draining", "dynasor_programs_total",
