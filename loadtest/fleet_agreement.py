@@ -1,6 +1,8 @@
 """The simulator's replica mode against the real two-replica fleet (`make bench-fleet`): the same
-load simulated on two replicas behind the least-loaded balancer (HAProxy's `leastconn` counts the
-program streams each replica serves; the simulator, the programs each has in flight), compared
+load simulated on two replicas behind the agent-weighted balancer (HAProxy's `leastconn` counts
+the program streams each replica serves for its weight, which each replica's agent check sets from
+its predicted backlog; the simulator, the programs each has in flight for the weight the same
+agent would answer), compared
 before the drain or kill, on what the issue asks: each replica's share of the programs (35-65%)
 and SLO attainment within the 15 points the single-replica agreement uses
 (loadtest/slo_report.py `AGREEMENT_POINTS`).
@@ -107,7 +109,7 @@ def simulated_point(traces: Sequence[Mapping[str, Any]], settings: Mapping[str, 
     shares, attainments, latencies, tokens, steps, full = [], [], [], [], [], []
     for seed in range(seeds):
         config = SimConfig(budget=settings["budget"], max_tokens=settings["max_tokens"], base_deadline_s=settings["deadline_s"],
-                           replicas=2, balancer="least-loaded", seed=seed)
+                           replicas=2, balancer="agent-weighted", seed=seed)
         result = simulate("dynasor", traces, rate=settings["rate"], slo_scale=1, programs=programs, model=model, config=config)
         counts = Counter(o.replica for o in result.outcomes)
         shares.append([counts[i] / len(result.outcomes) for i in range(2)])

@@ -22,8 +22,11 @@ recorded lengths, rounds one after another) on an idle engine. A program that ne
 engine has none.
 
 Several replicas: `replicas=k` runs k engine+runner pairs behind a balancer that sends each new
-program to the replica with the fewest programs in flight (ties: round-robin), or round-robin; or,
-with the `per-request` balancer, one runner and scheduler in front of k engines that take its
+program to the replica with the fewest programs in flight (ties: round-robin); `agent-weighted`,
+the fewest for its weight, the weight being what the replica's HAProxy agent check would answer
+from its predicted backlog (serving/agent_check.py; HAProxy's weighted `leastconn` with the shipped
+agent, the weight read at each pick where HAProxy reads it every second); round-robin; or, with
+the `per-request` balancer, one runner and scheduler in front of k engines that take its
 engine calls in turn (engines/round_robin.py): what a balancer blind to programs does, spreading
 the samples of one program over replicas, where each call finds no prefix cached by the one before.
 """
@@ -59,6 +62,7 @@ from scheduler_backend.quality import QualityFloor
 from scheduler_backend.runner import ProgramRunner
 from scheduler_backend.scheduler import Scheduler
 from scheduler_backend.traces import answer_correct, load_traces
+from serving.agent_check import backlog_weight
 from serving.model_config import default_allocation
 
 
@@ -83,7 +87,7 @@ SYSTEMS: dict[str, System] = {s.name: s for s in (
 )}
 
 
-BALANCERS = ("least-loaded", "round-robin", "per-request")
+BALANCERS = ("least-loaded", "agent-weighted", "round-robin", "per-request")
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,8 @@ class SimConfig:
     base_deadline_s: float = 30.0
     grace_s: float = 1e-6  # no response trip to allow for: only the rounding of virtual times
     replicas: int = 1
-    balancer: str = "least-loaded"  # or "round-robin" (per program), or "per-request" (BALANCERS)
+    balancer: str = "least-loaded"  # or "agent-weighted", "round-robin" (per program), or "per-request" (BALANCERS)
+    agent_horizon_s: float = 30.0  # the agent-weighted balancer's horizon (dynasor's agent_horizon_s)
     max_running: int | None = None  # programs admitted per replica; None: "auto", as the server (capacity.py)
     probe_s: float = 1.0  # the server's deadline_probe_s
     seed: int = 0
@@ -191,6 +196,21 @@ def _replicas(system: System, model: EngineModel, samples: TraceSamples, config:
     return out
 
 
+def least_connections(live: Sequence[int], weights: Sequence[int] | None, i: int) -> int:
+    """HAProxy's `leastconn`: the replica with the fewest streams for its weight, (live + 1) /
+    weight (all weights equal without an agent); ties go round-robin by the program's number."""
+    keys = [(n + 1) / w for n, w in zip(live, weights)] if weights else [float(n) for n in live]
+    tied = [k for k, key in enumerate(keys) if key == min(keys)]
+    return tied[i % len(tied)]
+
+
+def _agent_weight(replica: _Replica, horizon_s: float) -> int:
+    """What the replica's agent check would answer now (a baseline replica has no agent: 100)."""
+    if replica.runner is None:
+        return 100
+    return backlog_weight(replica.runner.scheduler.total_work(), replica.runner.throughput.rate, horizon_s)
+
+
 async def _baseline(engine: Engine, pid: str, question: str, deadline_s: float, config: SimConfig) -> tuple[Outcome, str]:
     call = GenerateCall(request_id=f"{pid}:all", messages=solve_messages(question),
                         sampling=SamplingSpec(n=config.budget, max_tokens=config.max_tokens, temperature=0.5, top_k=50))
@@ -233,9 +253,8 @@ async def _simulate(system: System, arrival_list: list[tuple[float, Mapping[str,
     def pick(i: int) -> _Replica:
         if config.balancer == "round-robin":
             return replicas[i % len(replicas)]
-        fewest = min(r.live for r in replicas)
-        candidates = [r for r in replicas if r.live == fewest]
-        return candidates[i % len(candidates)]
+        weights = [_agent_weight(r, config.agent_horizon_s) for r in replicas] if config.balancer == "agent-weighted" else None
+        return replicas[least_connections([r.live for r in replicas], weights, i)]
 
     async def one(i: int, at: float, trace: Mapping[str, Any]) -> None:
         await asyncio.sleep(at - loop.time())

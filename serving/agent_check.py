@@ -7,8 +7,8 @@ just begun). HAProxy scales a server's configured `weight` by W; give servers `w
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 
 @dataclass(frozen=True)

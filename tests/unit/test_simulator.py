@@ -14,7 +14,7 @@ from engines.round_robin import RoundRobinEngine
 from engines.scripted import ScriptedEngine
 from engines.simulated import EngineModel, SimulatedEngine, TraceSamples, prefix_tokens, prompt_tokens, sample_text
 from loadtest.fleet_agreement import split_samples
-from loadtest.simulator import SYSTEMS, SimConfig, main, simulate, sustainable_rate, sweep, tightest_slo_scale
+from loadtest.simulator import SYSTEMS, SimConfig, least_connections, main, simulate, sustainable_rate, sweep, tightest_slo_scale
 from loadtest.slo import ProgramRecord
 from loadtest.slo_report import AGREEMENT_POINTS, engine_model, equal_accuracy_bound, load_real
 from loadtest.slo_report import TRACES as WORKLOAD_TRACES
@@ -471,3 +471,22 @@ def test_the_simulator_reproduces_the_real_sweeps_at_the_quality_floor(workload)
         if diff < -AGREEMENT_POINTS or (diff > AGREEMENT_POINTS and not optimistic_only):
             misses.append((p["system"], p["rate"], p["attainment_at_floor"], round(sim["attainment_at_floor"], 3)))
     assert not misses, misses
+
+
+def test_the_agent_weighted_balancer_is_haproxys_weighted_leastconn():
+    """Fewest streams for the weight: a replica 30 s behind (weight 50) gets a new program only when
+    it serves fewer than about half the other's streams; equal weights are plain least-connections."""
+    assert least_connections([2, 1], None, 0) == 1
+    assert least_connections([2, 1], [100, 50], 0) == 0, "(2+1)/100 < (1+1)/50: the idle-weighted replica takes it"
+    assert least_connections([4, 1], [100, 50], 0) == 1
+    assert least_connections([1, 1], [100, 100], 0) == 0 and least_connections([1, 1], [100, 100], 1) == 1
+
+
+def test_the_agent_weighted_balancer_places_programs_by_backlog_and_still_shares_the_load():
+    runs = {b: simulate("dynasor", GSM8K, rate=8, slo_scale=1, programs=200, model=GPU, config=SimConfig(replicas=2, balancer=b))
+            for b in ("least-loaded", "agent-weighted")}
+    placed = {b: {o.pid: o.replica for o in r.outcomes} for b, r in runs.items()}
+    assert placed["least-loaded"] != placed["agent-weighted"], "the weights never changed a pick"
+    for b, r in runs.items():
+        shares = [sum(o.replica == k for o in r.outcomes) / len(r.outcomes) for k in (0, 1)]
+        assert len(r.outcomes) == 200 and min(shares) >= 0.35, (b, shares)
