@@ -44,7 +44,7 @@ def _locust(fleet: Fleet, args: argparse.Namespace, out: Path) -> subprocess.Pop
            "-u", "1", "-r", "1", "-t", f"{args.duration_s:.0f}s", "--grpc-url", fleet.grpc_url,
            "--program-rate", f"{args.rate:g}", "--slo-scale", "1", "--base-deadline-s", f"{args.deadline_s:g}",
            "--dataset", "gsm8k", "--questions", "100", "--budget", str(args.budget), "--max-tokens", str(args.max_tokens),
-           "--seed", str(args.seed), "--exit-code-on-error", "0", "--summary-json", str(out.with_suffix(".summary.json")),
+           "--seed", str(args.seed), "--resubmit", str(args.resubmit), "--exit-code-on-error", "0", "--summary-json", str(out.with_suffix(".summary.json")),
            "--records-json", str(out), "DynasorGrpcUser"]
     return subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": "."}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -130,6 +130,8 @@ def scenario(kind: str, args: argparse.Namespace, out_dir: Path) -> dict[str, An
         # Lost: sent, and neither answered nor failed (a stream that never ended, or still open at the end).
         "lost": sum(1 for r in records if not r["ended"] and not r["error"]) + unfinished,
         "errored": len(errored),
+        # Refused by the replica the proxy chose (it drained before the proxy's next check) and sent again.
+        "resubmitted": sum(1 for r in records if (r.get("server") or {}).get("resubmissions", 0) > 0),
         "errored_sent_after_event": sum(1 for r in errored if r["started_at"] > event_at),
         "seconds_from_event_to_error": sorted(round(t - event_at, 2) for t in ended_at),
         "errors": sorted({r["error"][:160] for r in errored}),
@@ -146,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--deadline-s", type=float, default=60.0, help="every program's deadline (long: this measures failures, not SLOs)")
     ap.add_argument("--grace-s", type=float, default=60.0, help="the drained replica's grace period")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--resubmit", type=int, default=2,
+                    help="the Locust users resubmit a program refused before it streamed anything (the client library's resubmit)")
     ap.add_argument("--out", default="runs/fleet/fleet.json")
     ap.add_argument("--phases", default="calibrate,events", help="calibrate (runs/fleet/engine.json), events (drain and kill)")
     ap.add_argument("--calibration-levels", default="1,4,8,16,24,32", help="sequences in flight per replica")
@@ -167,11 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps({"hardware": cpu_model(), "settings": vars(args), "runs": rows}, indent=2) + "\n")
     print(f"\n{args.model}, 2 replicas behind HAProxy, {args.rate:g} programs/s, {cpu_model()}")
     print(f"{'event':<7}{'programs':>9}{'share r1/r2 before':>20}{'in flight on r2':>16}{'lost':>6}{'errored':>9}{'err. sent after':>16}"
-          "  seconds from event to each error")
+          f"{'resubmitted':>12}  seconds from event to each error")
     for r in rows:
         share = "/".join(f"{s:.0%}" for s in r["share_before_event"])
         print(f"{r['event']:<7}{r['programs']:>9}{share:>20}{r['in_flight_on_event_replica']:>16.0f}{r['lost']:>6}{r['errored']:>9}"
-              f"{r['errored_sent_after_event']:>16}  {r['seconds_from_event_to_error']}")
+              f"{r['errored_sent_after_event']:>16}{r['resubmitted']:>12}  {r['seconds_from_event_to_error']}")
     print(f"written: {out}")
     return 0
 

@@ -125,7 +125,32 @@ class _Connection:
 class DynasorClient(_Connection):
     """Sync client."""
 
-    def stream(self, question: str, program: str | None = None, options: Mapping[str, Any] | None = None) -> Iterator[Progress]:
+    def stream(self, question: str, program: str | None = None, options: Mapping[str, Any] | None = None,
+               resubmit: int = 0) -> Iterator[Progress]:
+        """The program's progress as it streams. `resubmit`: how many times to send it again when it
+        failed UNAVAILABLE before streaming anything (a busy or draining replica refused it, or
+        its replica was lost before it ran; behind a proxy the next try goes to another replica).
+        A program that streamed progress is never resubmitted: it ran, and its error is final.
+        The final response's `details["resubmissions"]` says how many were needed."""
+        attempt = 0
+        while True:
+            streamed = False
+            try:
+                for p in self._stream_once(question, program, options):
+                    streamed = True
+                    if p.final:
+                        p.details["resubmissions"] = attempt
+                    yield p
+                return
+            except ProgramError as e:
+                if streamed or not resubmittable(e) or attempt == resubmit:
+                    if attempt:
+                        raise ProgramError(f"{e} (after {attempt} resubmissions)", e.status) from None
+                    raise
+            time.sleep(min(0.2 * 2 ** attempt, 2.0))
+            attempt += 1
+
+    def _stream_once(self, question: str, program: str | None, options: Mapping[str, Any] | None) -> Iterator[Progress]:
         inputs = request_inputs(question, program, options)
         if self.protocol == "http":
             yield from _http_stream(self.url, inputs, self.timeout_s)
@@ -167,30 +192,8 @@ class DynasorClient(_Connection):
 
     def solve(self, question: str, program: str | None = None, options: Mapping[str, Any] | None = None,
               on_progress: Callable[[Progress], None] | None = None, resubmit: int = 0) -> Progress:
-        """Run a program to its final response. `resubmit`: how many times to send it again when it
-        failed UNAVAILABLE before streaming anything (a busy or draining replica refused it, or
-        its replica was lost before it ran; behind a proxy the next try goes to another replica).
-        A program that streamed progress is never resubmitted: it ran, and its error is final.
-        The final `details["resubmissions"]` says how many were needed."""
-        attempt = 0
-        while True:
-            last = None
-            try:
-                for p in self.stream(question, program, options):
-                    if on_progress:
-                        on_progress(p)
-                    last = p
-            except ProgramError as e:
-                if last is not None or not resubmittable(e) or attempt == resubmit:
-                    if attempt:
-                        raise ProgramError(f"{e} (after {attempt} resubmissions)", e.status) from None
-                    raise
-                time.sleep(min(0.2 * 2 ** attempt, 2.0))
-                attempt += 1
-                continue
-            final = _final(last)
-            final.details["resubmissions"] = attempt
-            return final
+        """Run a program to its final response (`resubmit` as for `stream`)."""
+        return _to_final(self.stream(question, program, options, resubmit), on_progress)
 
 
 def _http_stream(url: str, inputs: Mapping[str, Any], timeout_s: float) -> Iterator[Progress]:

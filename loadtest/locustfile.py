@@ -103,6 +103,9 @@ def _arguments(parser: LocustArgumentParser) -> None:
                        help="quality floor (samples an answer must rest on): sent to dynasor as options.floor, and the "
                             "summary's 'at floor' attainment counts only answers resting on it, the baseline's included")
     group.add_argument("--floor-action", default="degrade", choices=("degrade", "refuse"), help="dynasor's options.floor_action")
+    group.add_argument("--resubmit", type=int, default=0,
+                       help="dynasor users: send a program again, up to N times, when it was refused UNAVAILABLE before it "
+                            "streamed anything (a draining or busy replica: behind a proxy the next try goes elsewhere)")
     group.add_argument("--dynasor-options", default="{}", help="more dynasor options as a JSON object (win over the above)")
     group.add_argument("--summary-json", default="", help="write the per-class summary here at test stop")
     group.add_argument("--records-json", default="", help="write every program's record here at test stop (JSON lines)")
@@ -236,7 +239,7 @@ class _DynasorUser(_ProgramUser):
         floor = {"floor": self.o.floor, "floor_action": self.o.floor_action} if self.o.floor else {}
         options = {"budget": self.o.budget, "max_tokens": self.o.max_tokens, **floor, **json.loads(self.o.dynasor_options),
                    "deadline_s": self.deadline_s}
-        return _until(self._limit_s(), lambda: client.stream(problem.question, self.o.program, options),
+        return _until(self._limit_s(), lambda: client.stream(problem.question, self.o.program, options, self.o.resubmit),
                       lambda p: Outcome(p.answer, p.tokens_used, p.final, p.stop_reason, p.steps, int(p.details.get("probed", 0)),
                                         p.details if p.final else None))
 

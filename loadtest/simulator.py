@@ -208,7 +208,7 @@ def _agent_weight(replica: _Replica, horizon_s: float) -> int:
     """What the replica's agent check would answer now (a baseline replica has no agent: 100)."""
     if replica.runner is None:
         return 100
-    return backlog_weight(replica.runner.scheduler.total_work(), replica.runner.throughput.rate, horizon_s)
+    return backlog_weight(replica.runner.scheduler.total_work(), replica.runner.throughput.peak_rate, horizon_s)
 
 
 async def _baseline(engine: Engine, pid: str, question: str, deadline_s: float, config: SimConfig) -> tuple[Outcome, str]:

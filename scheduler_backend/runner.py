@@ -66,6 +66,9 @@ class ThroughputMeter:
         self.window_s = window_s
         self.alpha = alpha
         self.rate: float | None = None
+        # The highest `rate` so far: what the engine has shown it can do, the capacity a backlog of
+        # predicted tokens is measured against (the current rate falls with the load itself).
+        self.peak_rate: float | None = None
         # tokens/s of one sequence: each window's rate over its own time-weighted sequences (the
         # sequences in flight right now are another moment's, so rate / sequences would mix two)
         self.per_sequence: float | None = None
@@ -131,6 +134,7 @@ class ThroughputMeter:
         if sample is None:
             return
         self.rate = sample if self.rate is None else self.rate + self.alpha * (sample - self.rate)
+        self.peak_rate = max(self.peak_rate or 0.0, self.rate)
         if sequences > 0 and sample > 0:
             one = sample / sequences
             self.per_sequence = one if self.per_sequence is None else self.per_sequence + self.alpha * (one - self.per_sequence)

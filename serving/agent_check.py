@@ -37,9 +37,11 @@ def agent_settings(p: Mapping[str, str]) -> AgentSettings | None:
 
 
 def backlog_weight(remaining_tokens: float, tokens_per_s: float | None, horizon_s: float) -> int:
-    """Percent weight: 100 with no predicted work, 50 with `horizon_s` seconds of it at the
-    engine's measured speed, never below 1 (zero weight is the drain's business). With no speed
-    measured yet there is no evidence of a backlog: 100."""
+    """Percent weight: 100 with no predicted work, 50 with `horizon_s` seconds of it at
+    `tokens_per_s`, never below 1 (zero weight is the drain's business). Give it the engine's peak
+    measured speed, its capacity: the current speed falls with the load itself (a replica with
+    fewer programs generates fewer tokens/s, which would make its backlog look as long as a busy
+    one's). With no speed measured yet there is no evidence of a backlog: 100."""
     if remaining_tokens <= 0 or not tokens_per_s or tokens_per_s <= 0:
         return 100
     backlog_s = remaining_tokens / tokens_per_s

@@ -183,6 +183,14 @@ def test_a_step_that_adds_something_resets_the_guard():
     assert len(engine.calls) == 10
 
 
+def test_throughput_meter_keeps_the_peak_rate_while_the_rate_falls_with_the_load():
+    meter = ThroughputMeter(window_s=1.0, alpha=0.5)
+    meter.busy(0.0)
+    for t, tokens in ((1.0, 200), (2.0, 200), (3.0, 20), (4.0, 20)):
+        meter.add(tokens, t)
+    assert meter.rate is not None and meter.rate < 100 and meter.peak_rate == 200.0
+
+
 def test_throughput_meter_averages_busy_windows_only():
     meter = ThroughputMeter(window_s=1.0, alpha=0.5)
     meter.busy(0.0)

@@ -125,7 +125,7 @@ class TritonPythonModel:
             return
 
         def reply() -> str:
-            weight = backlog_weight(self.runner.scheduler.total_work(), self.runner.throughput.rate, agent.horizon_s)
+            weight = backlog_weight(self.runner.scheduler.total_work(), self.runner.throughput.peak_rate, agent.horizon_s)
             return agent_reply(self._drain_end is not None, weight)
 
         try:
