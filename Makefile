@@ -79,7 +79,7 @@ bench-cot: warm
 	$(PY) -m benchmarks.bench_cot
 
 # Two SmolLM2 replicas behind HAProxy: their engine measured side by side, then Locust with one drained
-# mid-load and one SIGKILLed (about 12 minutes); then the simulator's two replicas on the same load.
+# mid-load and one SIGKILLed, 240 s of load each (about 20 minutes); then the simulator's two replicas on the same load.
 bench-fleet: setup
 	$(PY) -m benchmarks.bench_fleet
 	$(PY) -m loadtest.fleet_agreement
