@@ -209,7 +209,9 @@ def test_during_an_engine_restart_requests_fail_at_once_and_readiness_returns(se
                 answers.append((model, str(e), time.monotonic() - started))
         time.sleep(0.25)
     assert len(answers) >= 8
-    assert all(seconds < 1.0 for _, _, seconds in answers), answers
+    # "At once": each answer well inside the rebuild (16 s or more here), which a request held for it
+    # would wait out; 3 s, not 1, as the rebuild itself loads both cores (a fresh-clone run saw 1.3 s).
+    assert all(seconds < 3.0 for _, _, seconds in answers), answers
     errors = [message for _, message, _ in answers if message != "answer"]
     assert errors and all("engine" in m and ("restarting" in m or "died" in m) for m in errors), errors
     assert sum(metric_values(server, "dynasor_engine_ready").values()) == 0, "the gauge shows the rebuild"
