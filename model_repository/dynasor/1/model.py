@@ -117,6 +117,7 @@ class TritonPythonModel:
     def _start_agent(self, p: dict) -> None:
         """HAProxy's agent check on `agent_port`: "drain" while draining, else a weight from the
         predicted backlog (serving/agent_check.py)."""
+        self._agent_server = None
         try:
             agent = agent_settings(p)
         except ValueError as e:
@@ -129,7 +130,7 @@ class TritonPythonModel:
             return agent_reply(self._drain_end is not None, weight)
 
         try:
-            asyncio.run_coroutine_threadsafe(serve_agent(agent.address, agent.port, reply), self._loop).result(timeout=10)
+            self._agent_server = asyncio.run_coroutine_threadsafe(serve_agent(agent.address, agent.port, reply), self._loop).result(timeout=10)
         except OSError as e:
             raise pb_utils.TritonModelException(f"parameters.agent_port: cannot listen on {agent.address}:{agent.port}: {e}") from None
         self.logger.log_info(f"[dynasor] HAProxy agent check on {agent.address}:{agent.port}")
@@ -336,6 +337,8 @@ class TritonPythonModel:
         self.runner.cancel(pid)
 
     def finalize(self):
+        if self._agent_server is not None:  # its port free at once for a model reloaded in place
+            self._loop.call_soon_threadsafe(self._agent_server.close)
         self._loop.call_soon_threadsafe(self.runner.cancel_all)
         for future in list(self._tasks):
             try:
