@@ -127,8 +127,7 @@ def scenario(kind: str, args: argparse.Namespace, out_dir: Path) -> dict[str, An
         "share_before_event": [round(b / max(sum(before), 1), 3) for b in before],
         "survivor_programs_after_event": survivor_after - before[0],
         "in_flight_on_event_replica": in_flight_at_event,
-        # Lost: sent, and neither answered nor failed (a stream that never ended, or still open at the end).
-        "lost": sum(1 for r in records if not r["ended"] and not r["error"]) + unfinished,
+        **unended(records, unfinished),
         "errored": len(errored),
         # Refused by the replica the proxy chose (it drained before the proxy's next check) and sent again.
         "resubmitted": sum(1 for r in records if (r.get("server") or {}).get("resubmissions", 0) > 0),
@@ -136,6 +135,16 @@ def scenario(kind: str, args: argparse.Namespace, out_dir: Path) -> dict[str, An
         "seconds_from_event_to_error": sorted(round(t - event_at, 2) for t in ended_at),
         "errors": sorted({r["error"][:160] for r in errored}),
     }
+
+
+def unended(records: list[dict[str, Any]], unfinished: int) -> dict[str, int]:
+    """Programs with neither an answer nor an error. Lost: a stream that ended without its final
+    response, or still open when the load test stopped. Late: the client closed it at its limit
+    (deadline + grace, as a user with a deadline does; the server then cancels it): a missed
+    deadline, not a loss."""
+    open_ended = [r for r in records if not r["ended"] and not r["error"]]
+    late = sum(1 for r in open_ended if r["latency_s"] >= r["deadline_s"] + r["grace_s"])
+    return {"lost": len(open_ended) - late + unfinished, "late": late}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,11 +181,11 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(scenario(kind, args, out.parent))
     out.write_text(json.dumps({"hardware": cpu_model(), "settings": vars(args), "runs": rows}, indent=2) + "\n")
     print(f"\n{args.model}, 2 replicas behind HAProxy, {args.rate:g} programs/s, {cpu_model()}")
-    print(f"{'event':<7}{'programs':>9}{'share r1/r2 before':>20}{'in flight on r2':>16}{'lost':>6}{'errored':>9}{'err. sent after':>16}"
+    print(f"{'event':<7}{'programs':>9}{'share r1/r2 before':>20}{'in flight on r2':>16}{'lost':>6}{'late':>6}{'errored':>9}{'err. sent after':>16}"
           f"{'resubmitted':>12}  seconds from event to each error")
     for r in rows:
         share = "/".join(f"{s:.0%}" for s in r["share_before_event"])
-        print(f"{r['event']:<7}{r['programs']:>9}{share:>20}{r['in_flight_on_event_replica']:>16.0f}{r['lost']:>6}{r['errored']:>9}"
+        print(f"{r['event']:<7}{r['programs']:>9}{share:>20}{r['in_flight_on_event_replica']:>16.0f}{r['lost']:>6}{r['late']:>6}{r['errored']:>9}"
               f"{r['errored_sent_after_event']:>16}{r['resubmitted']:>12}  {r['seconds_from_event_to_error']}")
     print(f"written: {out}")
     return 0

@@ -137,3 +137,13 @@ def test_summary_json_and_table() -> None:
     table = format_summary(s).splitlines()
     assert len(table) == 3 and table[0].startswith("user class")
     assert table[1].startswith("BaselineUser") and "0.0%" in table[1]
+
+
+def test_bench_fleet_tells_a_lost_program_from_one_the_client_cut_at_its_deadline():
+    from benchmarks.bench_fleet import unended
+
+    def record(latency_s: float, ended: bool = False, error: str = "") -> dict:
+        return {"latency_s": latency_s, "deadline_s": 60.0, "grace_s": 0.5, "ended": ended, "error": error}
+
+    records = [record(12.0), record(60.5), record(61.0), record(30.0, ended=True), record(1.0, error="refused")]
+    assert unended(records, unfinished=2) == {"lost": 3, "late": 2}
