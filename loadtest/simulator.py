@@ -62,7 +62,7 @@ from scheduler_backend.quality import QualityFloor
 from scheduler_backend.runner import ProgramRunner
 from scheduler_backend.scheduler import Scheduler
 from scheduler_backend.traces import answer_correct, load_traces
-from serving.agent_check import backlog_weight
+from serving.agent_check import runner_weight
 from serving.model_config import default_allocation
 
 
@@ -208,7 +208,7 @@ def _agent_weight(replica: _Replica, horizon_s: float) -> int:
     """What the replica's agent check would answer now (a baseline replica has no agent: 100)."""
     if replica.runner is None:
         return 100
-    return backlog_weight(replica.runner.scheduler.total_work(), replica.runner.throughput.peak_rate, horizon_s)
+    return runner_weight(replica.runner, horizon_s)
 
 
 async def _baseline(engine: Engine, pid: str, question: str, deadline_s: float, config: SimConfig) -> tuple[Outcome, str]:

@@ -10,6 +10,8 @@ import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from scheduler_backend.runner import ProgramRunner
+
 
 @dataclass(frozen=True)
 class AgentSettings:
@@ -46,6 +48,12 @@ def backlog_weight(remaining_tokens: float, tokens_per_s: float | None, horizon_
         return 100
     backlog_s = remaining_tokens / tokens_per_s
     return max(1, min(100, round(100 * horizon_s / (horizon_s + backlog_s))))
+
+
+def runner_weight(runner: ProgramRunner, horizon_s: float) -> int:
+    """The weight a replica's agent answers now: its runner's predicted remaining tokens against its
+    engine's peak measured tokens/s (the server's agent and the simulator's balancer both ask here)."""
+    return backlog_weight(runner.scheduler.total_work(), runner.throughput.peak_rate, horizon_s)
 
 
 def agent_reply(draining: bool, weight: int) -> str:

@@ -30,7 +30,7 @@ from scheduler_backend.registry import Limits, load_plugins  # noqa: E402
 from scheduler_backend.runner import ProgramRunner  # noqa: E402
 from scheduler_backend.sandbox import default_sandbox  # noqa: E402
 from scheduler_backend.scheduler import Scheduler, SchedulingPolicy  # noqa: E402
-from serving.agent_check import agent_reply, agent_settings, backlog_weight, serve_agent  # noqa: E402
+from serving.agent_check import agent_reply, agent_settings, runner_weight, serve_agent  # noqa: E402
 from serving.door_json import dump_json, parse_json  # noqa: E402
 from serving.reaper import start_reaper  # noqa: E402
 from serving.triton_model import Metrics, parameters, scalar_input, send_error, text  # noqa: E402
@@ -126,8 +126,7 @@ class TritonPythonModel:
             return
 
         def reply() -> str:
-            weight = backlog_weight(self.runner.scheduler.total_work(), self.runner.throughput.peak_rate, agent.horizon_s)
-            return agent_reply(self._drain_end is not None, weight)
+            return agent_reply(self._drain_end is not None, runner_weight(self.runner, agent.horizon_s))
 
         try:
             self._agent_server = asyncio.run_coroutine_threadsafe(serve_agent(agent.address, agent.port, reply), self._loop).result(timeout=10)
